@@ -1,0 +1,123 @@
+"""
+Shared fixtures: a real upstream and real gateways, in the test's reactor,
+on ports the OS picks.
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+from typing import Any, Callable, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.web.client import Agent, HTTPConnectionPool
+
+import treq
+from treq.client import HTTPClient
+
+from tests.upstream_app import CountingSite, UpstreamApp
+from wasmgate.config import load_config
+from wasmgate.service import GatewayService
+
+
+class RunningUpstream:
+    def __init__(self, app: UpstreamApp, port: Any) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+
+
+@pytest.fixture
+def start_upstream() -> Iterator[Callable[..., RunningUpstream]]:
+    ports = []
+
+    def start(name: str = "upstream") -> RunningUpstream:
+        app = UpstreamApp(reactor, name=name)
+        port = reactor.listenTCP(0, CountingSite(app), interface="127.0.0.1")
+        ports.append(port)
+        return RunningUpstream(app, port)
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
+def upstream(start_upstream: Callable[..., RunningUpstream]) -> RunningUpstream:
+    return start_upstream()
+
+
+class RunningGateway:
+    def __init__(self, service: GatewayService, path: str) -> None:
+        self.service = service
+        self.path = path
+        self.url = f"http://127.0.0.1:{service.listeners[0]._waitingForPort.result.getHost().port}"
+        admin = getattr(service, "admin", None)
+        self.admin_url = (
+            f"http://127.0.0.1:{admin._waitingForPort.result.getHost().port}" if admin else None
+        )
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Any) -> Iterator[Callable[[str], RunningGateway]]:
+    """
+    C{start_gateway(yaml_text)}: write it as gateway.yaml and run a gateway
+    on it; its listen and admin ports default to ones the OS picks.
+    """
+    services = []
+
+    def start(text: str, *, name: str = "gateway.yaml") -> RunningGateway:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        config = load_config(str(path))
+        service = GatewayService(config, reactor=reactor)
+        service.startService()
+        services.append(service)
+        # TCP listeners bind synchronously: their port is known already.
+        return RunningGateway(service, str(path))
+
+    yield start
+    for service in services:
+        if service.running:
+            pytest_twisted.blockon(service.stopService())
+
+
+def gateway_yaml(upstream_url: str, extra: str = "", routes: str = "", server: str = "") -> str:
+    """A minimal config in front of C{upstream_url}; pieces can be added."""
+    routes = routes or """
+  - name: all
+    match: {path_prefix: /}
+    upstream: backend
+"""
+    return f"""
+server:
+  listen: "tcp:0:interface=127.0.0.1"
+  trusted_proxies: ["10.0.0.0/8"]
+{server}
+admin:
+  listen: "tcp:0:interface=127.0.0.1"
+routes:
+{routes}
+upstreams:
+  backend:
+    targets: ["{upstream_url}"]
+{extra}
+"""
+
+
+@pytest.fixture
+def http() -> Iterator[HTTPClient]:
+    """A treq client with its own keep-alive pool, closed after the test."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    yield client
+    pytest_twisted.blockon(pool.closeCachedConnections())
+
+
+@pytest.fixture
+def tmp_cwd(tmp_path: Any) -> Iterator[Any]:
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)

@@ -1,0 +1,342 @@
+"""
+The reverse proxy end to end: a real gateway in front of a real upstream.
+"""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor, threads, task
+from twisted.web.client import readBody
+
+from tests.conftest import gateway_yaml
+
+
+async def _json(response):
+    return json.loads(await response.text())
+
+
+@pytest_twisted.ensureDeferred
+async def test_methods_query_and_headers_pass_both_ways(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        body = b"payload-" + method.encode() if method in ("POST", "PUT") else None
+        response = await http.request(
+            method, gw.url + "/echo/x?a=1&b=two", data=body, headers={"X-Custom": "v1"}
+        )
+        assert response.code == 200
+        assert response.headers.getRawHeaders("x-upstream") == ["yes"]
+        echo = await _json(response)
+        assert echo["method"] == method
+        assert echo["uri"] == "/echo/x?a=1&b=two"
+        assert echo["headers"]["x-custom"] == ["v1"]
+        assert echo["body"] == (body.decode() if body else "")
+        # Host passes through unchanged.
+        assert echo["headers"]["host"] == [gw.url.split("//")[1]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_multi_valued_headers_stay_multiple(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    response = await http.get(gw.url + "/cookies")
+    assert response.headers.getRawHeaders("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    await response.content()
+    response = await http.get(gw.url + "/echo", headers={"X-Many": ["1", "2"]})
+    echo = await _json(response)
+    assert echo["headers"]["x-many"] == ["1", "2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_upstream_response(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    response = await http.get(gw.url + "/chunked")
+    assert response.code == 200
+    assert await response.content() == b"".join(b"chunk-%d;" % i for i in range(5))
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_response_is_streamed(upstream, start_gateway, http):
+    """The client gets the first bytes while the upstream still holds the rest."""
+    gw = start_gateway(gateway_yaml(upstream.url))
+    size = 8 * 1024 * 1024
+    response = await http.get(gw.url + f"/stream?size={size}&hold=1")
+    assert response.code == 200
+    assert response.length == size
+    first = defer.Deferred()
+    received = []
+
+    def collect(data: bytes) -> None:
+        received.append(len(data))
+        if not first.called:
+            first.callback(None)
+
+    done = treq.collect(response, collect)
+    await first
+    # The upstream has not been told to send the rest yet: we are streaming.
+    assert upstream.app.release is not None and not upstream.app.stream_finished
+    upstream.app.release()
+    await done
+    assert sum(received) == size
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_alive_reuses_connections_both_sides(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    client_ports = set()
+    for _ in range(10):
+        response = await http.get(gw.url + "/echo")
+        await response.content()
+    # One upstream connection for ten sequential requests.
+    assert upstream.app.connections == 1
+    # ...and one client connection (the client pool kept it).
+    assert len(http._agent._pool._connections) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_hop_by_hop_headers_are_stripped(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    response = await http.get(gw.url + "/hop")
+    await response.content()
+    names = {k.decode().lower() for k, _ in response.headers.getAllRawHeaders()}
+    assert "x-private-hop" not in names
+    assert "keep-alive" not in names
+    assert "proxy-authenticate" not in names
+    assert response.headers.getRawHeaders("x-end-to-end") == ["kept"]
+    # Request side: hop-by-hop and what Connection names never reach the upstream.
+    response = await http.get(
+        gw.url + "/echo",
+        headers={
+            "Connection": "keep-alive, X-Hop-Me",
+            "X-Hop-Me": "secret",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "Proxy-Authorization": "Basic eA==",
+            "X-Stays": "yes",
+        },
+    )
+    sent = (await _json(response))["headers"]
+    for name in ("x-hop-me", "keep-alive", "te", "proxy-authorization"):
+        assert name not in sent, name
+    assert sent["x-stays"] == ["yes"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_x_forwarded_for_untrusted_peer_is_replaced(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))  # trusts 10.0.0.0/8 only
+    response = await http.get(gw.url + "/echo", headers={"X-Forwarded-For": "6.6.6.6"})
+    sent = (await _json(response))["headers"]
+    assert sent["x-forwarded-for"] == ["127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["http"]
+    assert sent["x-forwarded-host"] == [gw.url.split("//")[1]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_x_forwarded_for_trusted_peer_is_appended(upstream, start_gateway, http):
+    text = gateway_yaml(upstream.url).replace('["10.0.0.0/8"]', '["127.0.0.1/32"]')
+    gw = start_gateway(text)
+    response = await http.get(gw.url + "/echo", headers={"X-Forwarded-For": "1.2.3.4"})
+    sent = (await _json(response))["headers"]
+    assert sent["x-forwarded-for"] == ["1.2.3.4, 127.0.0.1"]
+
+
+def _raw_exchange(port: int, request: bytes, *, then: bytes = b"") -> bytes:
+    """Send raw bytes, then C{then} (ignoring errors), and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        try:
+            if then:
+                sock.sendall(then)
+        except OSError:
+            pass
+        chunks = []
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        except OSError:
+            pass
+        return b"".join(chunks)
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_over_limit_with_content_length_is_413(upstream, start_gateway):
+    gw = start_gateway(gateway_yaml(upstream.url, server="  max_body_bytes: 1000"))
+    answer = await threads.deferToThread(
+        _raw_exchange,
+        _port(gw.url),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n",
+        then=b"y" * 4096,
+    )
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    # Nothing reached the upstream.
+    assert upstream.app.connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_body_over_limit_is_413(upstream, start_gateway):
+    gw = start_gateway(gateway_yaml(upstream.url, server="  max_body_bytes: 1000"))
+    chunk = b"400\r\n" + b"z" * 0x400 + b"\r\n"
+    answer = await threads.deferToThread(
+        _raw_exchange,
+        _port(gw.url),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2,
+    )
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert upstream.app.connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_at_the_limit_passes(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url, server="  max_body_bytes: 1000"))
+    response = await http.post(gw.url + "/echo", data=b"q" * 1000)
+    assert response.code == 200
+    assert (await _json(response))["body"] == "q" * 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_upstream_is_502(start_gateway, http):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    dead = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    gw = start_gateway(gateway_yaml(f"http://127.0.0.1:{dead}"))
+    response = await http.get(gw.url + "/echo")
+    assert response.code == 502
+    body = await response.text()
+    assert "Traceback" not in body and len(body) < 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_upstream_is_504_and_upstream_request_cancelled(upstream, start_gateway, http):
+    routes = """
+  - name: slow
+    match: {path_prefix: /}
+    upstream: backend
+    timeout: 300ms
+"""
+    gw = start_gateway(gateway_yaml(upstream.url, routes=routes))
+    started = reactor.seconds()
+    response = await http.get(gw.url + "/slow?delay=5")
+    assert response.code == 504
+    assert reactor.seconds() - started < 3
+    await response.content()
+    # The gateway dropped its upstream request.
+    for _ in range(50):
+        if upstream.app.cancelled:
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    assert upstream.app.cancelled == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_gone_cancels_upstream_request(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    d = http.get(gw.url + "/slow?delay=5")
+    await task.deferLater(reactor, 0.3, lambda: None)
+    d.cancel()
+    with pytest.raises(Exception):
+        await d
+    for _ in range(50):
+        if upstream.app.cancelled:
+            break
+        await task.deferLater(reactor, 0.05, lambda: None)
+    assert upstream.app.cancelled == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_by_host_and_longest_prefix(start_upstream, start_gateway, http):
+    a, b, c = start_upstream("a"), start_upstream("b"), start_upstream("c")
+    text = f"""
+server:
+  listen: "tcp:0:interface=127.0.0.1"
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+routes:
+  - {{match: {{path_prefix: /}}, upstream: a}}
+  - {{match: {{path_prefix: /api}}, upstream: b}}
+  - {{match: {{host: api.example.com, path_prefix: /}}, upstream: c}}
+upstreams:
+  a: {{targets: ["{a.url}"]}}
+  b: {{targets: ["{b.url}"]}}
+  c: {{targets: ["{c.url}"]}}
+"""
+    gw = start_gateway(text)
+    async def who(path, host=None):
+        headers = {"Host": host} if host else {}
+        response = await http.get(gw.url + path, headers=headers)
+        await response.content()
+        return response
+
+    await who("/apix")
+    await who("/api/v1")
+    await who("/api")
+    await who("/anything", host="api.example.com:8080")
+    assert (a.app.connections, b.app.connections, c.app.connections) == (1, 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_round_robin_skips_a_dead_target(start_upstream, start_gateway, http):
+    a, b = start_upstream("a"), start_upstream("b")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    text = f"""
+server:
+  listen: "tcp:0:interface=127.0.0.1"
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+routes:
+  - {{match: {{path_prefix: /}}, upstream: u}}
+upstreams:
+  u: {{targets: ["{a.url}", "{dead}", "{b.url}"]}}
+"""
+    gw = start_gateway(text)
+    codes = []
+    for _ in range(9):
+        response = await http.get(gw.url + "/echo")
+        await response.content()
+        codes.append(response.code)
+    # GETs retried on another target: none failed, both live targets used.
+    assert codes == [200] * 9
+    assert a.app.connections == 1 and b.app.connections == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_is_not_retried_on_another_target(start_upstream, start_gateway, http):
+    a = start_upstream("a")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    text = f"""
+server:
+  listen: "tcp:0:interface=127.0.0.1"
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+routes:
+  - {{match: {{path_prefix: /}}, upstream: u}}
+upstreams:
+  u: {{targets: ["{dead}", "{a.url}"]}}
+"""
+    gw = start_gateway(text)
+    response = await http.post(gw.url + "/echo", data=b"once")
+    await response.content()
+    assert response.code == 502
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_route_is_404(upstream, start_gateway, http):
+    routes = """
+  - {match: {path_prefix: /only}, upstream: backend}
+"""
+    gw = start_gateway(gateway_yaml(upstream.url, routes=routes))
+    response = await http.get(gw.url + "/elsewhere")
+    assert response.code == 404
+    await response.content()

@@ -1,0 +1,637 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+gateway.yaml, loaded and validated into frozen dataclasses.
+
+Every mistake is reported at once, each naming the file, the key path
+(C{routes[2].upstream}) and what is wrong, so an operator fixes a config in
+one round instead of one error per restart.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
+
+import yaml
+
+from wasmgate import _schema as s
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used; C{problems} lists every reason, each
+    prefixed with the file name.
+    """
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = [f"{path}: {p}" for p in problems]
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    read: float = 10.0
+    """Client: the whole request (headers and body) must arrive within it."""
+    write: float = 10.0
+    """Client: a response write may not stall for longer."""
+    idle: float = 60.0
+    """Client keep-alive connections idle for longer are closed."""
+    connect: float = 5.0
+    """Upstream: TCP (and TLS) connect."""
+    upstream: float = 30.0
+    """Upstream: time to the response headers (a route may override)."""
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    hosts: tuple[str, ...]
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificates: tuple[CertificateConfig, ...]
+    watch_interval: float = 5.0
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: tuple[str, ...] = ("tcp:8080",)
+    tls: Optional[TLSConfig] = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_body_bytes: int = 1024 * 1024
+    trusted_proxies: tuple[Network, ...] = ()
+    shutdown_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: Optional[str] = "tcp:9090:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    backend: str = "memory"
+    url: Optional[str] = None
+    timeout: float = 0.25
+    max_keys: int = 100_000
+
+
+@dataclass(frozen=True)
+class FiltersConfig:
+    threads: int = 4
+    epoch_tick: float = 0.001
+    cache_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    name: str
+    path: str
+    """A file path (made absolute), or an https:// or s3:// URL."""
+    sha256: Optional[str] = None
+    timeout_ms: int = 50
+    memory_limit_mb: int = 16
+    failure_policy: str = "closed"
+    fuel: Optional[int] = None
+    reload_interval: Optional[float] = None
+    include_body: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    path_prefix: str = "/"
+    host: Optional[str] = None
+    filters: tuple[str, ...] = ()
+    upstream: str = ""
+    timeout: Optional[float] = None
+    filter_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    path: str = "/health"
+    interval: float = 10.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expect_status: tuple[int, int] = (200, 399)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    targets: tuple[str, ...]
+    lb: str = "round_robin"
+    health_check: Optional[HealthCheckConfig] = None
+    ca_file: Optional[str] = None
+    insecure_skip_verify: bool = False
+    max_connections_per_target: int = 64
+    eject_after_failures: int = 5
+    eject_for: float = 10.0
+    retry_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: str
+    """The file this was read from (absolute)."""
+    server: ServerConfig
+    admin: AdminConfig
+    state: StateConfig
+    filters: FiltersConfig
+    plugins: tuple[PluginConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    upstreams: Mapping[str, UpstreamConfig]
+
+    def plugin(self, name: str) -> PluginConfig:
+        for plugin in self.plugins:
+            if plugin.name == name:
+                return plugin
+        raise KeyError(name)
+
+
+_TOP = ("server", "admin", "state", "filters", "plugins", "routes", "upstreams")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
+
+
+def load_config(path: str) -> GatewayConfig:
+    """
+    Read and validate C{path}.
+
+    @raise ConfigError: listing every problem found.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read the config file: {e.strerror}"])
+    return parse_config(text, source=path)
+
+
+def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
+    """
+    Validate a YAML document; relative file paths in it are taken from the
+    directory of C{source}.
+    """
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(source, [f"{where}YAML syntax error: {problem}"])
+    base = os.path.dirname(os.path.abspath(source))
+    reader = s.Reader()
+    if document is None:
+        document = {}
+    top = reader.mapping(document, "", _TOP)
+    server = _server(reader, top.get("server"), base)
+    admin = _admin(reader, top.get("admin"))
+    state = _state(reader, top.get("state"))
+    filters = _filters(reader, top.get("filters"), base)
+    plugins = _plugins(reader, top.get("plugins"), base)
+    upstreams = _upstreams(reader, top.get("upstreams"), base)
+    routes = _routes(reader, top.get("routes"), plugins, upstreams)
+    _cross_checks(reader, server, plugins)
+    if reader.problems:
+        raise ConfigError(source, reader.problems)
+    return GatewayConfig(
+        source=os.path.abspath(source),
+        server=server,
+        admin=admin,
+        state=state,
+        filters=filters,
+        plugins=tuple(plugins),
+        routes=tuple(routes),
+        upstreams=upstreams,
+    )
+
+
+def _path(base: str) -> Any:
+    def convert(value: Any) -> str:
+        return os.path.normpath(os.path.join(base, s.string(value)))
+
+    return convert
+
+
+def _listen(value: Any) -> tuple[str, ...]:
+    listen = s.string_list(value)
+    if not listen:
+        raise ValueError("expected at least one endpoint like tcp:8080")
+    for description in listen:
+        kind = description.split(":", 1)[0]
+        if kind not in ("tcp", "tcp6", "ssl", "unix", "systemd"):
+            raise ValueError(
+                f"{description!r} is not an endpoint this gateway listens on;"
+                " use tcp:PORT, ssl:PORT:privateKey=...:certKey=..., unix:PATH"
+                " or systemd:domain=INET:index=0"
+            )
+    return listen
+
+
+def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
+    data = reader.mapping(
+        raw,
+        "server",
+        (
+            "listen",
+            "tls",
+            "timeouts",
+            "max_body_bytes",
+            "trusted_proxies",
+            "shutdown_timeout",
+        ),
+    )
+    listen = reader.get(data, "server", "listen", _listen, ("tcp:8080",))
+    tls = _tls(reader, data.get("tls"), base) if data.get("tls") is not None else None
+    times = reader.mapping(
+        data.get("timeouts"), "server.timeouts", ("read", "write", "idle", "connect", "upstream")
+    )
+    defaults = Timeouts()
+    positive = s.duration(minimum=0.001)
+    timeouts = Timeouts(
+        **{
+            key: reader.get(times, "server.timeouts", key, positive, getattr(defaults, key))
+            for key in ("read", "write", "idle", "connect", "upstream")
+        }
+    )
+    proxies = reader.get(
+        data, "server", "trusted_proxies", lambda v: tuple(s.string_list(v)), ()
+    )
+    trusted = []
+    for i, item in enumerate(proxies):
+        try:
+            trusted.append(s.network(item))
+        except ValueError as e:
+            reader.problem(f"server.trusted_proxies[{i}]", str(e))
+    return ServerConfig(
+        listen=listen,
+        tls=tls,
+        timeouts=timeouts,
+        max_body_bytes=reader.get(
+            data, "server", "max_body_bytes", s.integer(minimum=0), 1024 * 1024
+        ),
+        trusted_proxies=tuple(trusted),
+        shutdown_timeout=reader.get(
+            data, "server", "shutdown_timeout", s.duration(), 15.0
+        ),
+    )
+
+
+def _tls(reader: s.Reader, raw: Any, base: str) -> TLSConfig:
+    data = reader.mapping(
+        raw, "server.tls", ("certificates", "watch_interval", "min_version")
+    )
+    certificates = []
+    entries = data.get("certificates")
+    if not isinstance(entries, list) or not entries:
+        reader.problem(
+            "server.tls.certificates",
+            "expected a non-empty list of {hosts, cert, key}",
+        )
+        entries = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        where = f"server.tls.certificates[{i}]"
+        item = reader.mapping(entry, where, ("hosts", "cert", "key"))
+        hosts = reader.get(item, where, "hosts", s.string_list, ())
+        for host in hosts:
+            lowered = host.lower()
+            if lowered in seen:
+                reader.problem(
+                    f"{where}.hosts",
+                    f"{host!r} is already served by {seen[lowered]}",
+                )
+            seen[lowered] = where
+        files = {}
+        for key in ("cert", "key"):
+            filename = reader.get(item, where, key, _path(base), "")
+            if filename and not os.access(filename, os.R_OK):
+                reader.problem(f"{where}.{key}", f"cannot read {filename}")
+            files[key] = filename
+        certificates.append(
+            CertificateConfig(hosts=hosts, cert=files["cert"], key=files["key"])
+        )
+    return TLSConfig(
+        certificates=tuple(certificates),
+        watch_interval=reader.get(
+            data, "server.tls", "watch_interval", s.duration(minimum=0.05), 5.0
+        ),
+        min_version=reader.get(
+            data,
+            "server.tls",
+            "min_version",
+            lambda v: s.choice("1.2", "1.3")(str(v)),
+            "1.2",
+        ),
+    )
+
+
+def _admin(reader: s.Reader, raw: Any) -> AdminConfig:
+    if raw is False:
+        return AdminConfig(listen=None)
+    data = reader.mapping(raw, "admin", ("listen",))
+    return AdminConfig(
+        listen=reader.get(data, "admin", "listen", s.string, AdminConfig.listen)
+    )
+
+
+def _state(reader: s.Reader, raw: Any) -> StateConfig:
+    data = reader.mapping(raw, "state", ("backend", "url", "timeout", "max_keys"))
+    backend = reader.get(data, "state", "backend", s.choice("memory", "redis"), "memory")
+    url = reader.get(data, "state", "url", s.string, None)
+    if backend == "redis":
+        if url is None:
+            reader.problem("state.url", "required for the redis backend (redis://HOST:PORT/DB)")
+        elif urlsplit(url).scheme not in ("redis", "rediss"):
+            reader.problem("state.url", f"expected redis://HOST:PORT/DB, got {url!r}")
+    return StateConfig(
+        backend=backend,
+        url=url,
+        timeout=reader.get(data, "state", "timeout", s.duration(minimum=0.001), 0.25),
+        max_keys=reader.get(data, "state", "max_keys", s.integer(minimum=1), 100_000),
+    )
+
+
+def _filters(reader: s.Reader, raw: Any, base: str) -> FiltersConfig:
+    data = reader.mapping(raw, "filters", ("threads", "epoch_tick", "cache_dir"))
+    return FiltersConfig(
+        threads=reader.get(data, "filters", "threads", s.integer(1, 256), 4),
+        epoch_tick=reader.get(
+            data, "filters", "epoch_tick", s.duration(minimum=0.0001), 0.001
+        ),
+        cache_dir=reader.get(data, "filters", "cache_dir", _path(base), None),
+    )
+
+
+_PLUGIN_KEYS = (
+    "name",
+    "path",
+    "sha256",
+    "timeout_ms",
+    "memory_limit_mb",
+    "failure_policy",
+    "fuel",
+    "reload_interval",
+    "include_body",
+    "config",
+)
+
+
+def _plugin_source(base: str) -> Any:
+    def convert(value: Any) -> str:
+        text = s.string(value)
+        scheme = urlsplit(text).scheme
+        if scheme in ("https", "s3"):
+            return text
+        if scheme in ("http", "ftp"):
+            raise ValueError(f"plugins are fetched over https:// or s3:// only, got {text!r}")
+        return _path(base)(text)
+
+    return convert
+
+
+def _sha256(value: Any) -> str:
+    text = s.string(value)
+    if not _SHA256.match(text):
+        raise ValueError("expected 64 hex digits, optionally prefixed by 'sha256:'")
+    return text.split(":")[-1].lower()
+
+
+def _plugins(reader: s.Reader, raw: Any, base: str) -> list[PluginConfig]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        reader.problem("plugins", "expected a list of plugins")
+        return []
+    plugins: list[PluginConfig] = []
+    names: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"plugins[{i}]"
+        data = reader.mapping(entry, where, _PLUGIN_KEYS)
+        name = reader.get(data, where, "name", s.string, "")
+        if name and not _NAME.match(name):
+            reader.problem(f"{where}.name", "use letters, digits, '_', '-' and '.' only")
+        if name in names:
+            reader.problem(f"{where}.name", f"a plugin named {name!r} is defined twice")
+        names.add(name)
+        source = reader.get(data, where, "path", _plugin_source(base), "")
+        if source and "://" not in source and not os.path.isfile(source):
+            reader.problem(f"{where}.path", f"no such file: {source}")
+        plugins.append(
+            PluginConfig(
+                name=name,
+                path=source,
+                sha256=reader.get(data, where, "sha256", _sha256, None),
+                timeout_ms=reader.get(data, where, "timeout_ms", s.integer(1, 60_000), 50),
+                memory_limit_mb=reader.get(
+                    data, where, "memory_limit_mb", s.integer(1, 4096), 16
+                ),
+                failure_policy=reader.get(
+                    data, where, "failure_policy", s.choice("closed", "open"), "closed"
+                ),
+                fuel=reader.get(data, where, "fuel", s.integer(minimum=1), None),
+                reload_interval=reader.get(
+                    data, where, "reload_interval", s.duration(minimum=0.1), None
+                ),
+                include_body=reader.get(data, where, "include_body", s.boolean, False),
+                config=reader.get(data, where, "config", s.any_mapping, {}),
+            )
+        )
+    return plugins
+
+
+_ROUTE_KEYS = ("name", "match", "filters", "upstream", "timeout", "filter_config")
+
+
+def _routes(
+    reader: s.Reader,
+    raw: Any,
+    plugins: list[PluginConfig],
+    upstreams: Mapping[str, UpstreamConfig],
+) -> list[RouteConfig]:
+    if not isinstance(raw, list) or not raw:
+        reader.problem("routes", "expected a non-empty list of routes")
+        return []
+    plugin_names = [p.name for p in plugins]
+    routes: list[RouteConfig] = []
+    for i, entry in enumerate(raw):
+        where = f"routes[{i}]"
+        data = reader.mapping(entry, where, _ROUTE_KEYS)
+        match = reader.mapping(data.get("match"), f"{where}.match", ("host", "path_prefix"))
+        prefix = reader.get(match, f"{where}.match", "path_prefix", s.string, "/")
+        if prefix and not prefix.startswith("/"):
+            reader.problem(f"{where}.match.path_prefix", f"must start with '/', got {prefix!r}")
+        host = reader.get(match, f"{where}.match", "host", s.string, None)
+        filters = reader.get(data, where, "filters", s.string_list, ())
+        for j, name in enumerate(filters):
+            if name not in plugin_names:
+                reader.problem(
+                    f"{where}.filters[{j}]",
+                    f"no plugin named {name!r}{s.did_you_mean(name, plugin_names)}",
+                )
+        upstream = reader.get(data, where, "upstream", s.string, "")
+        if upstream and upstream not in upstreams:
+            known = list(upstreams)
+            reader.problem(
+                f"{where}.upstream",
+                f"no upstream named {upstream!r}{s.did_you_mean(upstream, known)}",
+            )
+        overrides = reader.get(data, where, "filter_config", s.any_mapping, {})
+        for name, value in overrides.items():
+            if name not in filters:
+                reader.problem(
+                    f"{where}.filter_config.{name}",
+                    "configures a filter this route does not use",
+                )
+            elif not isinstance(value, dict):
+                reader.problem(f"{where}.filter_config.{name}", "expected a mapping")
+        default_name = f"{host or '*'}{prefix}"
+        routes.append(
+            RouteConfig(
+                name=reader.get(data, where, "name", s.string, default_name),
+                path_prefix=prefix or "/",
+                host=host.lower() if host else None,
+                filters=filters,
+                upstream=upstream,
+                timeout=reader.get(data, where, "timeout", s.duration(minimum=0.001), None),
+                filter_config=overrides,
+            )
+        )
+    return routes
+
+
+_UPSTREAM_KEYS = (
+    "targets",
+    "lb",
+    "health_check",
+    "ca_file",
+    "insecure_skip_verify",
+    "max_connections_per_target",
+    "eject_after_failures",
+    "eject_for",
+    "retry_methods",
+)
+
+
+def _target(value: Any) -> str:
+    text = s.string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http://HOST:PORT or https://HOST:PORT, got {text!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"a target is scheme://host:port only, got {text!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _upstreams(
+    reader: s.Reader, raw: Any, base: str
+) -> dict[str, UpstreamConfig]:
+    if not isinstance(raw, dict) or not raw:
+        reader.problem("upstreams", "expected a mapping of upstream names to {targets: [...]}")
+        return {}
+    upstreams: dict[str, UpstreamConfig] = {}
+    for name, entry in raw.items():
+        where = f"upstreams.{name}"
+        data = reader.mapping(entry, where, _UPSTREAM_KEYS)
+        raw_targets = data.get("targets")
+        if not isinstance(raw_targets, list) or not raw_targets:
+            reader.problem(f"{where}.targets", "expected a non-empty list of http(s)://HOST:PORT")
+            raw_targets = []
+        targets = []
+        for i, item in enumerate(raw_targets):
+            try:
+                targets.append(_target(item))
+            except ValueError as e:
+                reader.problem(f"{where}.targets[{i}]", str(e))
+        check = None
+        if data.get("health_check") is not None:
+            check = _health_check(reader, data["health_check"], f"{where}.health_check")
+        ca_file = reader.get(data, where, "ca_file", _path(base), None)
+        if ca_file and not os.access(ca_file, os.R_OK):
+            reader.problem(f"{where}.ca_file", f"cannot read {ca_file}")
+        upstreams[str(name)] = UpstreamConfig(
+            name=str(name),
+            targets=tuple(targets),
+            lb=reader.get(
+                data, where, "lb", s.choice("round_robin", "least_requests", "ip_hash"), "round_robin"
+            ),
+            health_check=check,
+            ca_file=ca_file,
+            insecure_skip_verify=reader.get(data, where, "insecure_skip_verify", s.boolean, False),
+            max_connections_per_target=reader.get(
+                data, where, "max_connections_per_target", s.integer(1, 10_000), 64
+            ),
+            eject_after_failures=reader.get(
+                data, where, "eject_after_failures", s.integer(minimum=1), 5
+            ),
+            eject_for=reader.get(data, where, "eject_for", s.duration(), 10.0),
+            retry_methods=tuple(
+                m.upper()
+                for m in reader.get(
+                    data, where, "retry_methods", s.string_list, ("GET", "HEAD", "OPTIONS")
+                )
+            ),
+        )
+    return upstreams
+
+
+def _status_range(value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    else:
+        match = re.match(r"^\s*(\d{3})\s*-\s*(\d{3})\s*$", str(value))
+        if not match:
+            raise ValueError(f"expected a status like 200 or a range like 200-399, got {value!r}")
+        low, high = int(match.group(1)), int(match.group(2))
+    if not 100 <= low <= high <= 599:
+        raise ValueError(f"expected statuses between 100 and 599, got {value!r}")
+    return (low, high)
+
+
+def _health_check(reader: s.Reader, raw: Any, where: str) -> HealthCheckConfig:
+    data = reader.mapping(
+        raw,
+        where,
+        ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold", "expect_status"),
+    )
+    path = reader.get(data, where, "path", s.string, "/health")
+    if not path.startswith("/"):
+        reader.problem(f"{where}.path", f"must start with '/', got {path!r}")
+    return HealthCheckConfig(
+        path=path,
+        interval=reader.get(data, where, "interval", s.duration(minimum=0.05), 10.0),
+        timeout=reader.get(data, where, "timeout", s.duration(minimum=0.01), 2.0),
+        healthy_threshold=reader.get(data, where, "healthy_threshold", s.integer(1, 100), 2),
+        unhealthy_threshold=reader.get(data, where, "unhealthy_threshold", s.integer(1, 100), 3),
+        expect_status=reader.get(data, where, "expect_status", _status_range, (200, 399)),
+    )
+
+
+def _cross_checks(
+    reader: s.Reader, server: ServerConfig, plugins: list[PluginConfig]
+) -> None:
+    write_ms = server.timeouts.write * 1000
+    for i, plugin in enumerate(plugins):
+        if plugin.timeout_ms >= write_ms:
+            reader.problem(
+                f"plugins[{i}].timeout_ms",
+                f"{plugin.timeout_ms} ms is not below server.timeouts.write"
+                f" ({write_ms:g} ms): a stuck filter would outlive the client",
+            )

@@ -1,0 +1,539 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The reverse proxy: a twisted.web resource that takes each request through
+its route's filter chain to an upstream and streams the answer back.
+"""
+from __future__ import annotations
+
+import io
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.resource import Resource
+
+from wasmgate._headers import end_to_end, forwarded_for
+from wasmgate.upstream import NoTargetAvailable, Target
+from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
+
+if TYPE_CHECKING:
+    from wasmgate.generation import Generation, RouteRuntime
+
+log = Logger()
+
+_REQUEST_DROP = (b"content-length", b"x-forwarded-proto", b"x-forwarded-host")
+_RESPONSE_DROP = (b"content-length",)
+
+
+class ExchangeInfo:
+    """What the access log and metrics want to know about one request."""
+
+    __slots__ = ("route", "target", "decisions", "started", "error", "upstream")
+
+    def __init__(self, started: float) -> None:
+        self.route: str = ""
+        self.upstream: str = ""
+        self.target: str = ""
+        self.decisions: list[FilterDecision] = []
+        self.started = started
+        self.error: str = ""
+
+
+class GatewayRequest(server.Request):
+    """
+    A request whose body is refused past the site's C{max_body_bytes}
+    (413, connection closed) instead of being buffered; and which carries
+    an L{ExchangeInfo} for logs.
+    """
+
+    defaultContentType = None
+    _rejected = False
+    _received = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.info = ExchangeInfo(time.monotonic())
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is not None and length > self.channel.site.max_body_bytes:
+            self.content = io.BytesIO()
+            self._reject_too_large()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_bytes:
+            self._reject_too_large()
+            return
+        self.content.write(data)
+
+    def process(self) -> None:
+        if not self._rejected:
+            super().process()
+
+    def _reject_too_large(self) -> None:
+        self._rejected = True
+        self.info.error = "body too large"
+        # Never invite the rest of the body with a 100 Continue.
+        self.requestHeaders.removeHeader(b"expect")
+        body = b"request body too large\n"
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.code = 413
+        self.sentLength = len(body)
+        # requestReceived has not run yet: name the request for the log.
+        self.method = getattr(self.channel, "_command", None) or b"-"
+        self.uri = getattr(self.channel, "_path", None) or b"-"
+        self.path = self.uri.split(b"?", 1)[0]
+        # Half-close so the client reads the 413 before its unsent body
+        # could turn our close into a reset; then close for good.
+        try:
+            transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            transport.loseConnection()
+        else:
+            self.channel.site.reactor.callLater(2.0, transport.loseConnection)
+        self.channel.site.log(self)
+
+
+class ProxyResource(Resource):
+    """
+    The gateway's only resource: every request goes through L{_Exchange}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, *, generation: Callable[[], "Generation"], reactor: IReactorTime
+    ) -> None:
+        super().__init__()
+        self._generation = generation
+        self._reactor = reactor
+
+    def render(self, request: GatewayRequest) -> int:
+        _Exchange(self._generation(), request, self._reactor).start()
+        return server.NOT_DONE_YET
+
+
+class _Exchange:
+    """One request's way through route, filters, upstream and back."""
+
+    def __init__(
+        self, generation: "Generation", request: GatewayRequest, reactor: IReactorTime
+    ) -> None:
+        self.generation = generation
+        self.request = request
+        self.reactor = reactor
+        self.info = request.info
+        self.route: Optional["RouteRuntime"] = None
+        self.freq: Optional[FilterRequest] = None
+        self.response_headers: list[tuple[str, str]] = []
+        self.pending: Optional[defer.Deferred[Any]] = None
+        self.body_transport: Any = None
+        self.done = False
+        generation.request_started()
+        request.notifyFinish().addBoth(self._finished)
+
+    # -- the way in --
+
+    def start(self) -> None:
+        request = self.request
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        path = request.path.decode("latin-1")
+        found = self.generation.router.match(host, path)
+        if found is None:
+            self.answer(404, b"no route for this host and path\n")
+            return
+        self.route = route = found[1]
+        self.info.route = route.config.name
+        self.info.upstream = route.upstream.name
+        self.freq = freq = self._filter_request(route, host)
+        if route.chain is None:
+            self.forward()
+            return
+        self.pending = route.chain.run_request(freq)
+        self.pending.addCallbacks(self._filtered, self._internal_error)
+
+    def _filter_request(self, route: "RouteRuntime", host: str) -> FilterRequest:
+        request = self.request
+        generation = self.generation
+        peer = request.getClientAddress()
+        peer_ip = getattr(peer, "host", "") or ""
+        xff, client_ip = forwarded_for(
+            peer_ip,
+            request.requestHeaders.getRawHeaders(b"x-forwarded-for", ()),
+            generation.config.server.trusted_proxies,
+        )
+        scheme = "https" if request.isSecure() else "http"
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, values in end_to_end(request.requestHeaders, drop=_REQUEST_DROP)
+            if name != b"x-forwarded-for"
+            for value in values
+        ]
+        headers.append(("x-forwarded-for", xff))
+        headers.append(("x-forwarded-proto", scheme))
+        if host:
+            headers.append(("x-forwarded-host", host))
+        uri = request.uri.decode("latin-1")
+        path, _, query = uri.partition("?")
+        body = None
+        if route.chain is not None and route.chain.wants_body:
+            request.content.seek(0)
+            body = request.content.read()
+        return FilterRequest(
+            method=request.method.decode("latin-1"),
+            path=path,
+            query=query,
+            headers=headers,
+            client_ip=client_ip,
+            body=body,
+            route=route.config.name,
+            scheme=scheme,
+        )
+
+    def _filtered(self, result: tuple[Any, list[FilterDecision]]) -> None:
+        self.pending = None
+        outcome, decisions = result
+        self.info.decisions.extend(decisions)
+        if self.done:
+            return
+        if isinstance(outcome, Answer):
+            self.answer(outcome.status, outcome.body, outcome.headers)
+            return
+        assert isinstance(outcome, Continue)
+        self.freq = outcome.request
+        self.response_headers = list(outcome.response_headers)
+        self.forward()
+
+    # -- upstream --
+
+    def forward(self) -> None:
+        assert self.route is not None and self.freq is not None
+        try:
+            candidates = self.route.upstream.candidates(self.freq.client_ip)
+        except NoTargetAvailable:
+            self.answer(503, b"no healthy upstream\n")
+            return
+        retries = 1 if self.freq.method.upper() in self.route.upstream.config.retry_methods else 0
+        self._try(candidates[: retries + 1])
+
+    def _try(self, targets: list[Target]) -> None:
+        assert self.route is not None and self.freq is not None
+        target, rest = targets[0], targets[1:]
+        freq = self.freq
+        self.info.target = target.url
+        headers = Headers()
+        for name, value in freq.headers:
+            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        uri = freq.path + ("?" + freq.query if freq.query else "")
+        url = (target.url + uri).encode("latin-1")
+        timeout = self.route.config.timeout or self.generation.config.server.timeouts.upstream
+        target.active += 1
+        d = self.route.upstream.agent.request(
+            freq.method.encode("latin-1"), url, headers, self._body_producer()
+        )
+        self.pending = d
+        # Not Deferred.addTimeout: the Agent turns a cancel into
+        # ResponseNeverReceived, so the timeout has to remember it fired.
+        timer = self.reactor.callLater(timeout, self._timed_out, d)
+
+        def settled(result: Any) -> Any:
+            target.active -= 1
+            if timer.active():
+                timer.cancel()
+            return result
+
+        def failed(reason: Failure) -> None:
+            self.pending = None
+            if self.done:
+                return
+            now = self.reactor.seconds()
+            if getattr(d, "timed_out", False):
+                self._upstream_error(504, b"upstream timed out\n", target, reason)
+                return
+            if reason.check(ConnectError) and not reason.check(ConnectingCancelledError):
+                target.failed(now)
+                if rest:
+                    log.info(
+                        "upstream {target} refused ({error}); retrying on {next}",
+                        target=target.url, error=reason.getErrorMessage(), next=rest[0].url,
+                    )
+                    self._try(rest)
+                    return
+            else:
+                target.failed(now)
+            self._upstream_error(502, b"bad gateway\n", target, reason)
+
+        d.addBoth(settled)
+        d.addCallbacks(lambda response: self._got_response(response, target), failed)
+        d.addErrback(self._internal_error)
+
+    def _timed_out(self, d: defer.Deferred[Any]) -> None:
+        d.timed_out = True  # type: ignore[attr-defined]
+        d.cancel()
+
+    def _body_producer(self) -> Optional[FileBodyProducer]:
+        assert self.freq is not None and self.route is not None
+        if self.freq.body is not None:
+            if not self.freq.body and self.freq.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+                return None
+            return FileBodyProducer(io.BytesIO(self.freq.body), cooperator=self.generation.cooperator)
+        request = self.request
+        content = request.content
+        content.seek(0, io.SEEK_END)
+        length = content.tell()
+        content.seek(0)
+        if length == 0 and not (
+            request.requestHeaders.hasHeader(b"content-length")
+            or request.requestHeaders.hasHeader(b"transfer-encoding")
+        ):
+            return None
+        return FileBodyProducer(content, cooperator=self.generation.cooperator)
+
+    def _upstream_error(self, code: int, body: bytes, target: Target, reason: Failure) -> None:
+        self.info.error = reason.getErrorMessage()
+        log.warn(
+            "upstream {upstream} target {target}: {error} -> {code}",
+            upstream=self.info.upstream, target=target.url, error=reason.getErrorMessage(), code=code,
+        )
+        self.answer(code, body)
+
+    def _got_response(self, response: IResponse, target: Target) -> Optional[defer.Deferred[Any]]:
+        self.pending = None
+        target.succeeded()
+        if self.done:
+            response.deliverBody(_Discard())
+            return None
+        if self.route is not None and self.route.chain is not None and self.route.chain.has_response_filters:
+            return self._filter_response(response)
+        self._start_response(
+            response.code, response.phrase, end_to_end(response.headers, drop=_connection_named(response))
+        )
+        self._set_length(response)
+        response.deliverBody(_BodyRelay(self))
+        return None
+
+    def _set_length(self, response: IResponse) -> None:
+        """Keep the upstream's Content-Length (Twisted's client hides it)."""
+        if response.length is not UNKNOWN_LENGTH and self.request.method != b"HEAD":
+            self.request.responseHeaders.setRawHeaders(
+                b"content-length", [b"%d" % (response.length,)]
+            )
+
+    def _filter_response(self, response: IResponse) -> defer.Deferred[Any]:
+        assert self.route is not None and self.route.chain is not None and self.freq is not None
+        chain = self.route.chain
+        limit = self.generation.config.server.max_body_bytes
+        if chain.wants_body:
+            collected: defer.Deferred[Optional[bytes]] = defer.Deferred()
+            response.deliverBody(_Collect(collected, limit))
+        else:
+            collected = defer.succeed(None)
+
+        def run(body: Optional[bytes]) -> defer.Deferred[Any]:
+            headers = [
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, values in end_to_end(
+                    response.headers, drop=_RESPONSE_DROP + _connection_named(response)
+                )
+                for value in values
+            ]
+            resp = FilterResponse(status=response.code, headers=headers, body=body)
+            return chain.run_response(self.freq, resp)  # type: ignore[arg-type]
+
+        def write(result: tuple[FilterResponse, list[FilterDecision]]) -> None:
+            resp, decisions = result
+            self.info.decisions.extend(decisions)
+            if self.done:
+                if not chain.wants_body:
+                    response.deliverBody(_Discard())
+                return
+            if isinstance(resp, Answer):
+                if not chain.wants_body:
+                    response.deliverBody(_Discard())
+                self.answer(resp.status, resp.body, resp.headers)
+                return
+            self._start_response(resp.status, None, [
+                (n.encode("latin-1"), [v.encode("latin-1")]) for n, v in resp.headers
+            ])
+            if body is not None or resp.body is not None:
+                payload = resp.body if resp.body is not None else body or b""
+                self.request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(payload)])
+                self.request.write(payload)
+                self.request.finish()
+            else:
+                self._set_length(response)
+                response.deliverBody(_BodyRelay(self))
+
+        def too_large(reason: Failure) -> None:
+            reason.trap(_BodyTooLarge)
+            self.answer(502, b"upstream response too large for the response filters\n")
+
+        collected.addCallback(run)
+        collected.addCallbacks(write, too_large)
+        collected.addErrback(self._internal_error)
+        return collected
+
+    def _start_response(
+        self, code: int, phrase: Optional[bytes], headers: list[tuple[bytes, list[bytes]]]
+    ) -> None:
+        request = self.request
+        request.setResponseCode(code, phrase)
+        out = request.responseHeaders
+        out.removeHeader(b"server")
+        out.removeHeader(b"date")
+        for name, values in headers:
+            if name != b"content-length":
+                out.setRawHeaders(name, values)
+        for name, value in self.response_headers:
+            out.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+    # -- the way out --
+
+    def answer(
+        self, code: int, body: bytes, headers: Optional[list[tuple[str, str]]] = None
+    ) -> None:
+        """Answer the client from the gateway itself (errors, filter answers)."""
+        if self.done:
+            return
+        request = self.request
+        request.setResponseCode(code)
+        out = request.responseHeaders
+        out.removeHeader(b"server")
+        names = set()
+        for name, value in headers or ():
+            names.add(name.lower())
+            out.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        if "content-type" not in names:
+            out.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        request.write(body)
+        request.finish()
+
+    def _internal_error(self, reason: Failure) -> None:
+        log.failure("internal error while proxying", reason)
+        self.info.error = reason.getErrorMessage()
+        if not self.done and not self.request.startedWriting:
+            self.answer(500, b"internal gateway error\n")
+        elif not self.done:
+            self.request.loseConnection()
+
+    def _finished(self, result: Any) -> None:
+        """The client got its answer, or went away: stop all work for it."""
+        self.done = True
+        self.generation.request_finished()
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        if self.body_transport is not None:
+            self.body_transport.stopProducing()
+            self.body_transport = None
+
+
+def _connection_named(response: IResponse) -> tuple[bytes, ...]:
+    """
+    The header names the upstream's Connection header lists: hop-by-hop.
+
+    Twisted's client keeps Connection out of C{response.headers}; its parser
+    still holds it while the body is unread. (Private, hence the fallback.)
+    """
+    transport = getattr(getattr(response, "_transport", None), "_producer", None)
+    protocol = getattr(transport, "protocol", None)
+    for _ in range(3):  # endpoint and TLS wrappers
+        protocol = getattr(protocol, "_wrappedProtocol", None) or getattr(
+            protocol, "wrappedProtocol", protocol
+        )
+    headers = getattr(getattr(protocol, "_parser", None), "connHeaders", None)
+    if headers is None:
+        return ()
+    return tuple(
+        token.strip().lower()
+        for value in headers.getRawHeaders(b"connection", ())
+        for token in value.split(b",")
+    )
+
+
+class _BodyRelay(Protocol):
+    """Streams an upstream body to the client, pausing one for the other."""
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+
+    def connectionMade(self) -> None:
+        exchange = self.exchange
+        if exchange.done:
+            self.transport.stopProducing()
+            return
+        exchange.body_transport = self.transport
+        exchange.request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.exchange.done:
+            self.exchange.request.write(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        exchange = self.exchange
+        exchange.body_transport = None
+        if exchange.done:
+            return
+        request = exchange.request
+        request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+        else:
+            # Headers are out; the only honest signal left is to cut the
+            # connection so the client sees a truncated response.
+            exchange.info.error = f"upstream body failed: {reason.getErrorMessage()}"
+            log.warn("upstream body failed: {error}", error=reason.getErrorMessage())
+            request.loseConnection()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _Collect(Protocol):
+    """Buffers a body for response filters, up to a limit."""
+
+    def __init__(self, done: defer.Deferred[Optional[bytes]], limit: int) -> None:
+        self.done = done
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.transport.stopProducing()
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        if self.size > self.limit:
+            self.done.errback(_BodyTooLarge())
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()

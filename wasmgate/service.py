@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The gateway as a Twisted service: listeners, admin site, filter thread
+pool, epoch ticker; reload swaps generations; stop drains.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.application import service, strports
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_config
+from wasmgate.generation import Generation, build_generation
+from wasmgate.proxy import ProxyResource
+from wasmgate.site import GatewaySite, QuietSite
+
+log = Logger()
+
+
+class ThreadPoolService(service.Service):
+    """Starts a L{ThreadPool} with the service and joins it on stop."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class GatewayService(service.MultiService):
+    """
+    The whole gateway. C{generation} is the live one; L{reload} replaces it.
+    """
+
+    def __init__(self, config: GatewayConfig, *, reactor: Any) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.config = config
+        self.filter_pool = ThreadPool(
+            minthreads=0, maxthreads=config.filters.threads, name="wasmgate-filters"
+        )
+        self.cooperator = task.Cooperator(scheduler=lambda x: reactor.callLater(0, x))
+        self._wasm: Optional[Any] = None
+        self._generations = 0
+        self.generation = self._build(config)
+        ThreadPoolService(self.filter_pool).setServiceParent(self)
+        self.site = GatewaySite(
+            ProxyResource(generation=lambda: self.generation, reactor=reactor),
+            reactor=reactor,
+            max_body_bytes=config.server.max_body_bytes,
+            idle_timeout=config.server.timeouts.idle,
+        )
+        self.listeners = []
+        for description in config.server.listen:
+            listener = strports.service(description, self.site, reactor=reactor)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+        if config.admin.listen:
+            from wasmgate.admin import AdminResource
+
+            admin = strports.service(
+                config.admin.listen,
+                QuietSite(AdminResource(gateway=self), reactor=reactor),
+                reactor=reactor,
+            )
+            admin.setServiceParent(self)
+            self.admin = admin
+
+    # -- building --
+
+    def _build(self, config: GatewayConfig) -> Generation:
+        return self._assemble(config, self._load_filters(config))
+
+    def _load_filters(self, config: GatewayConfig) -> dict[str, Any]:
+        """Read and compile plugins: slow, so reloads run it in a thread."""
+        if not config.plugins:
+            return {}
+        return self._wasm_runtime(config).load_filters(config, previous=self._current_filters())
+
+    def _assemble(self, config: GatewayConfig, filters: dict[str, Any]) -> Generation:
+        self._generations += 1
+        return build_generation(
+            config,
+            number=self._generations,
+            reactor=self.reactor,
+            filters=filters,
+            make_chain=lambda chain, overrides: self._wasm_runtime(config).make_chain(chain, overrides),
+            tls_policy=self._tls_policy,
+            cooperator=self.cooperator,
+        )
+
+    def _current_filters(self) -> dict[str, Any]:
+        generation = getattr(self, "generation", None)
+        return dict(generation.filters) if generation is not None else {}
+
+    def _wasm_runtime(self, config: GatewayConfig) -> Any:
+        if self._wasm is None:
+            from wasmgate.wasm.runtime import WasmRuntime
+
+            self._wasm = WasmRuntime(config, reactor=self.reactor, pool=self.filter_pool)
+            if self.running:
+                self._wasm.start()
+        return self._wasm
+
+    def _tls_policy(self, upstream: UpstreamConfig) -> Any:
+        if not any(t.startswith("https://") for t in upstream.targets):
+            return None
+        from wasmgate.tls import upstream_tls_policy
+
+        return upstream_tls_policy(
+            ca_file=upstream.ca_file, insecure_skip_verify=upstream.insecure_skip_verify
+        )
+
+    def readiness_problems(self) -> list[str]:
+        """Why the gateway should not get traffic now (empty: ready)."""
+        problems = []
+        if not self.running:
+            problems.append("not started")
+        for name, upstream in self.generation.upstreams.items():
+            if upstream.all_down():
+                problems.append(f"upstream {name}: every target is down")
+        return problems
+
+    # -- life cycle --
+
+    def startService(self) -> None:
+        if self._wasm is not None:
+            self._wasm.start()
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        # Stop accepting first, then let running requests finish.
+        for listener in self.listeners:
+            yield listener.stopService()
+        generation = self.generation
+        if generation.in_flight:
+            log.info(
+                "draining {n} request(s), up to {timeout}s",
+                n=generation.in_flight,
+                timeout=self.config.server.shutdown_timeout,
+            )
+            drained = generation.drained()
+            drained.addTimeout(self.config.server.shutdown_timeout, self.reactor)
+            try:
+                yield drained
+            except defer.TimeoutError:
+                log.warn("shutdown timeout: {n} request(s) cut off", n=generation.in_flight)
+        yield service.MultiService.stopService(self)
+        yield generation.close()
+        if self._wasm is not None:
+            self._wasm.stop()
+
+    @defer.inlineCallbacks
+    def reload(self) -> Any:
+        """
+        Re-read the config file and swap in a new generation; on any error
+        keep the current one. Fires with the new generation number.
+        """
+        path = self.config.source
+        try:
+            config = yield threads.deferToThread(load_config, path)
+            if config.server.listen != self.config.server.listen:
+                log.warn("server.listen changed: takes effect only after a restart")
+            filters = yield threads.deferToThread(self._load_filters, config)
+            generation = self._assemble(config, filters)
+        except ConfigError as e:
+            log.error("reload failed, keeping the current config:\n{errors}", errors=str(e))
+            raise
+        old, self.generation, self.config = self.generation, generation, config
+        log.info("config generation {n} is live", n=generation.number)
+        old.drained().addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
+        return generation.number
+
+
+def make_service(config_path: str, *, reactor: Any = None) -> GatewayService:
+    """
+    The service twistd runs.
+
+    @raise ConfigError: if the config or a plugin is unusable.
+    """
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    config = load_config(config_path)
+    return GatewayService(config, reactor=reactor)

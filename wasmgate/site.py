@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The twisted.web site the gateway listens with: its request class, limits,
+and one JSON access-log line per request instead of the combined log.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Iterable
+
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from wasmgate.proxy import GatewayRequest
+
+_access = Logger(namespace="wasmgate.access")
+
+RequestObserver = Callable[[GatewayRequest, float], None]
+
+
+class GatewaySite(server.Site):
+    """
+    A L{server.Site} that never parses form bodies, refuses bodies over
+    C{max_body_bytes}, and logs each request as one JSON line.
+    """
+
+    requestFactory = GatewayRequest
+    noisy = False
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        reactor: Any,
+        max_body_bytes: int,
+        idle_timeout: float,
+        sensitive_headers: Iterable[str] = (),
+        observers: Iterable[RequestObserver] = (),
+    ) -> None:
+        super().__init__(
+            resource,
+            requestFactory=GatewayRequest,
+            timeout=idle_timeout,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
+        )
+        self.max_body_bytes = max_body_bytes
+        self.sensitive_headers = frozenset(h.lower() for h in sensitive_headers)
+        self.observers = list(observers)
+
+    def log(self, request: GatewayRequest) -> None:  # type: ignore[override]
+        info = request.info
+        duration = time.monotonic() - info.started
+        for observe in self.observers:
+            observe(request, duration)
+        peer = request.getClientAddress()
+        line = {
+            "time": round(time.time(), 3),
+            "client_ip": getattr(peer, "host", ""),
+            "method": request.method.decode("latin-1", "replace"),
+            "path": request.path.decode("latin-1", "replace"),
+            "route": info.route,
+            "status": request.code,
+            "bytes": request.sentLength,
+            "duration_ms": round(duration * 1000, 3),
+            "upstream": info.target,
+            "filters": [f"{d.plugin}:{d.outcome}" for d in info.decisions],
+        }
+        user_agent = request.getHeader(b"user-agent")
+        if user_agent is not None and "user-agent" not in self.sensitive_headers:
+            line["user_agent"] = user_agent.decode("latin-1", "replace")
+        if info.error:
+            line["error"] = info.error
+        _access.info("{access_log}", access_log=json.dumps(line, separators=(",", ":")))
+
+
+
+class QuietSite(server.Site):
+    """A site for the admin port: no access log, no factory chatter."""
+
+    noisy = False
+
+    def log(self, request: server.Request) -> None:  # type: ignore[override]
+        pass

@@ -1,0 +1,173 @@
+# -*- test-case-name: tests.test_upstream -*-
+"""
+Upstreams: their targets, which target a request goes to, and the shared
+L{Agent} and keep-alive L{HTTPConnectionPool} that carry it there.
+"""
+from __future__ import annotations
+
+import itertools
+import zlib
+from typing import Callable, Iterator, Optional, Sequence
+from urllib.parse import urlsplit
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
+
+from wasmgate.config import UpstreamConfig
+
+
+class Target:
+    """
+    One address of an upstream, with what we know of its health.
+
+    A target that failed C{eject_after} times in a row is left out of
+    rotation for C{eject_for} seconds; a target that just failed is passed
+    over while another one is available.
+    """
+
+    def __init__(self, url: str, *, eject_after: int, eject_for: float) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        self.netloc = parts.netloc
+        self.host = parts.hostname or ""
+        self.healthy = True
+        """Set by active health checks; an unhealthy target gets no traffic."""
+        self.active = 0
+        """Requests in flight to this target."""
+        self.consecutive_failures = 0
+        self.last_failure = float("-inf")
+        self.ejected_until = float("-inf")
+        self._eject_after = eject_after
+        self._eject_for = eject_for
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+    def recently_failed(self, now: float, window: float = 1.0) -> bool:
+        return self.consecutive_failures > 0 and now - self.last_failure < window
+
+    def failed(self, now: float) -> None:
+        self.consecutive_failures += 1
+        self.last_failure = now
+        if self.consecutive_failures >= self._eject_after:
+            self.ejected_until = now + self._eject_for
+
+    def succeeded(self) -> None:
+        self.consecutive_failures = 0
+        self.ejected_until = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"<Target {self.url}>"
+
+
+class NoTargetAvailable(Exception):
+    """Every target of an upstream is unhealthy."""
+
+
+class Upstream:
+    """
+    A named group of targets behind one load-balancing policy.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        agent: IAgent,
+        clock: IReactorTime,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.agent = agent
+        self.targets = [
+            Target(url, eject_after=config.eject_after_failures, eject_for=config.eject_for)
+            for url in config.targets
+        ]
+        self._clock = clock
+        self._ring: Iterator[int] = itertools.cycle(range(len(self.targets)))
+        self._pick: Callable[[str], Sequence[Target]] = {
+            "round_robin": self._round_robin,
+            "least_requests": self._least_requests,
+            "ip_hash": self._ip_hash,
+        }[config.lb]
+
+    def all_down(self) -> bool:
+        return not any(t.healthy for t in self.targets)
+
+    def candidates(self, client_ip: str = "") -> list[Target]:
+        """
+        Targets to try for one request, best first: the policy's choice
+        among available targets, those that failed a moment ago last.
+
+        @raise NoTargetAvailable: if health checks took every target out.
+        """
+        now = self._clock.seconds()
+        usable = [t for t in self.targets if t.available(now)]
+        if not usable:
+            # Passive ejection alone never makes an upstream unreachable:
+            # better to try a target that failed than to refuse outright.
+            usable = [t for t in self.targets if t.healthy]
+        if not usable:
+            raise NoTargetAvailable(self.name)
+        ordered = list(self._pick(client_ip))
+        ordered = [t for t in ordered if t in usable]
+        return sorted(ordered, key=lambda t: t.recently_failed(now))
+
+    def _round_robin(self, client_ip: str) -> Sequence[Target]:
+        start = next(self._ring)
+        n = len(self.targets)
+        return [self.targets[(start + i) % n] for i in range(n)]
+
+    def _least_requests(self, client_ip: str) -> Sequence[Target]:
+        # Ties broken by round robin so equal targets share the load.
+        rotated = self._round_robin(client_ip)
+        return sorted(rotated, key=lambda t: t.active)
+
+    def _ip_hash(self, client_ip: str) -> Sequence[Target]:
+        n = len(self.targets)
+        start = zlib.crc32(client_ip.encode()) % n
+        return [self.targets[(start + i) % n] for i in range(n)]
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """No "Starting factory" log line per upstream connection."""
+
+    noisy = False
+
+
+def make_pool(
+    reactor: object, *, max_per_host: int, idle_timeout: float = 60.0
+) -> HTTPConnectionPool:
+    """
+    The one keep-alive pool every upstream request goes through.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory
+    pool.maxPersistentPerHost = max_per_host
+    pool.cachedConnectionTimeout = idle_timeout
+    pool.retryAutomatically = False  # retries are the gateway's decision
+    return pool
+
+
+def make_upstreams(
+    configs: dict[str, UpstreamConfig],
+    *,
+    reactor: object,
+    pool: HTTPConnectionPool,
+    connect_timeout: float,
+    tls_policy: Callable[[UpstreamConfig], Optional[IPolicyForHTTPS]],
+) -> dict[str, Upstream]:
+    """
+    An L{Upstream} per config, all sharing C{pool}; C{tls_policy} gives the
+    HTTPS verification policy of an upstream (None: Twisted's default).
+    """
+    upstreams = {}
+    for name, config in configs.items():
+        policy = tls_policy(config)
+        kwargs = {"contextFactory": policy} if policy is not None else {}
+        agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool, **kwargs)
+        upstreams[name] = Upstream(config, agent=agent, clock=reactor)  # type: ignore[arg-type]
+    return upstreams
+

@@ -1,0 +1,72 @@
+# -*- test-case-name: tests.test_wasm_chain -*-
+"""
+What flows between the proxy and a filter chain.
+
+These are plain mutable objects: the proxy builds a L{FilterRequest} on the
+reactor thread, hands it to the chain (which runs in the filter pool and
+may change it), and reads the outcome back. Nothing here knows about wasm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+
+Headers = list[tuple[str, str]]
+"""Header pairs in order, names in lower case; a name may repeat."""
+
+
+@dataclass
+class FilterRequest:
+    """The client's request as the filters see it (and may change it)."""
+
+    method: str
+    path: str
+    query: str
+    headers: Headers
+    client_ip: str
+    body: Optional[bytes] = None
+    route: str = ""
+    scheme: str = "http"
+
+
+@dataclass
+class FilterResponse:
+    """The upstream's response as response filters see it."""
+
+    status: int
+    headers: Headers
+    body: Optional[bytes] = None
+
+
+@dataclass
+class Answer:
+    """A filter answered the request itself; the chain stops."""
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+    plugin: str = ""
+
+
+@dataclass
+class Continue:
+    """Go on to the upstream with C{request} (possibly changed)."""
+
+    request: FilterRequest
+    response_headers: Headers = field(default_factory=list)
+    """Headers filters asked to add to the upstream's eventual response."""
+
+
+ChainOutcome = Union[Answer, Continue]
+
+
+@dataclass
+class FilterDecision:
+    """One filter's part in one request, for access logs and metrics."""
+
+    plugin: str
+    outcome: str
+    """C{continue}, C{answer}, or C{skipped:<kind>} / C{failed:<kind>} where
+    kind is one of trap, timeout, oom, bad_output, load, state."""
+    seconds: float = 0.0
