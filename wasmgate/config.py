@@ -475,6 +475,7 @@ def _routes(
         if prefix and not prefix.startswith("/"):
             reader.problem(f"{where}.match.path_prefix", f"must start with '/', got {prefix!r}")
         host = reader.get(match, f"{where}.match", "host", s.string, None)
+        host = host.lower() if host else None
         filters = reader.get(data, where, "filters", s.string_list, ())
         for j, name in enumerate(filters):
             if name not in plugin_names:
@@ -503,7 +504,7 @@ def _routes(
             RouteConfig(
                 name=reader.get(data, where, "name", s.string, default_name),
                 path_prefix=prefix or "/",
-                host=host.lower() if host else None,
+                host=host,
                 filters=filters,
                 upstream=upstream,
                 timeout=reader.get(data, where, "timeout", s.duration(minimum=0.001), None),

@@ -10,13 +10,20 @@ import sys
 from typing import Any
 
 from twisted.application import service
+from twisted.logger import Logger
 
 from wasmgate.config import ConfigError
 from wasmgate.service import GatewayService, make_service
 
+log = Logger()
 
-class _SignalReload(service.Service):
-    """SIGHUP reloads the config; installed once the reactor runs."""
+
+class _Signals(service.Service):
+    """
+    SIGHUP reloads the config; SIGTERM and SIGINT stop gracefully and the
+    process exits 0 (Twisted's own handlers would re-raise the signal).
+    Installed once the reactor runs, after Twisted's.
+    """
 
     def __init__(self, gateway: GatewayService, reactor: Any) -> None:
         self.gateway = gateway
@@ -24,10 +31,23 @@ class _SignalReload(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
         signal.signal(signal.SIGHUP, self._hup)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
 
     def _hup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self._reload)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._shutdown, signal.Signals(signum).name)
+
+    def _shutdown(self, name: str) -> None:
+        log.info("{signal}: shutting down gracefully", signal=name)
+        if self.reactor.running:
+            self.reactor.stop()
 
     def _reload(self) -> None:
         self.gateway.reload().addErrback(lambda failure: None)  # logged by reload
@@ -42,5 +62,5 @@ def make_twistd_service(config_path: str) -> service.IService:
         sys.stderr.write(f"wasmgate: refusing to start, the configuration has errors:\n{e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
-    _SignalReload(gateway, reactor).setServiceParent(gateway)
+    _Signals(gateway, reactor).setServiceParent(gateway)
     return gateway

@@ -1,0 +1,135 @@
+"""
+The command line as users run it: C{wasmgate check}, and C{twistd wasmgate}
+as a real subprocess on the shipped example.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "gateway.yaml"
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+WASMGATE = os.path.join(os.path.dirname(sys.executable), "wasmgate")
+
+BAD_CONFIGS = {
+    "unknown key": (
+        "routes: [{match: {path_prefix: /}, upstream: u, colour: red}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n",
+        "routes[0].colour: unknown key",
+    ),
+    "wrong type": (
+        "server: {max_body_bytes: lots}\n"
+        "routes: [{match: {path_prefix: /}, upstream: u}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n",
+        "server.max_body_bytes: expected an integer, got a string",
+    ),
+    "bad duration": (
+        "server: {timeouts: {upstream: forever}}\n"
+        "routes: [{match: {path_prefix: /}, upstream: u}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n",
+        "server.timeouts.upstream: expected a duration like 500ms, 10s or 1m, got 'forever'",
+    ),
+    "missing upstream": (
+        "routes: [{match: {path_prefix: /}, upstream: nope}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n",
+        "routes[0].upstream: no upstream named 'nope'",
+    ),
+    "yaml syntax": (
+        "routes: [\n  {match: {path_prefix: /}\nupstreams: {}\n",
+        "line 3, column 1: YAML syntax error",
+    ),
+}
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_check_accepts_the_example():
+    result = run(WASMGATE, "check", "-c", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_configs_refused_by_check_and_twistd(tmp_path, case):
+    text, expected = BAD_CONFIGS[case]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 1
+    assert f"{path}: {expected}" in check.stderr
+    twistd = run(TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(path))
+    assert twistd.returncode != 0
+    assert f"{path}: {expected}" in twistd.stderr
+    assert "Traceback" not in twistd.stderr
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / "absent.yaml"
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 1
+    assert f"{path}: cannot read the config file" in check.stderr
+    twistd = run(TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(path))
+    assert twistd.returncode != 0
+    assert "cannot read the config file" in twistd.stderr
+
+
+def test_twistd_lists_the_plugin():
+    result = run(TWISTD, "--help")
+    assert "wasmgate" in result.stdout
+
+
+def _wait_for(url: str, deadline: float) -> bytes:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_example_serves_and_stops_on_sigterm(tmp_path):
+    """The README's first command, as a user runs it (demo upstream included)."""
+    for port in (8080, 9000, 9090):
+        assert _port_free(port), f"port {port} is busy; the example needs it"
+    demo = subprocess.Popen([WASMGATE, "demo-upstream", "--port", "9000"], cwd=tmp_path)
+    gateway = subprocess.Popen(
+        [TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(EXAMPLE)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        body = _wait_for("http://127.0.0.1:8080/hello?x=1", time.monotonic() + 30)
+        echo = json.loads(body)
+        assert echo["uri"] == "/hello?x=1"
+        assert echo["headers"]["x-forwarded-for"] == ["127.0.0.1"]
+        assert _wait_for("http://127.0.0.1:9090/healthz", time.monotonic() + 5) == b"ok\n"
+        gateway.send_signal(signal.SIGTERM)
+        output, _ = gateway.communicate(timeout=30)
+        assert gateway.returncode == 0, output.decode()
+        assert b"Traceback" not in output
+        assert b'"path":"/hello"' in output  # the JSON access log line
+    finally:
+        for process in (gateway, demo):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
