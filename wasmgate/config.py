@@ -628,6 +628,14 @@ def _health_check(reader: s.Reader, raw: Any, where: str) -> HealthCheckConfig:
 def _cross_checks(
     reader: s.Reader, server: ServerConfig, plugins: list[PluginConfig]
 ) -> None:
+    if server.tls is not None:
+        for i, description in enumerate(server.listen):
+            if not description.startswith(("tcp:", "tcp6:", "systemd:")):
+                reader.problem(
+                    f"server.listen[{i}]",
+                    f"{description!r}: with a server.tls section, listen on tcp:PORT"
+                    " (the section adds TLS); an ssl: endpoint brings its own certificate",
+                )
     write_ms = server.timeouts.write * 1000
     for i, plugin in enumerate(plugins):
         if plugin.timeout_ms >= write_ms:

@@ -37,7 +37,7 @@ _RESPONSE_DROP = (b"content-length",)
 class ExchangeInfo:
     """What the access log and metrics want to know about one request."""
 
-    __slots__ = ("route", "target", "decisions", "started", "error", "upstream")
+    __slots__ = ("route", "target", "decisions", "started", "error", "upstream", "upstream_status")
 
     def __init__(self, started: float) -> None:
         self.route: str = ""
@@ -46,6 +46,7 @@ class ExchangeInfo:
         self.decisions: list[FilterDecision] = []
         self.started = started
         self.error: str = ""
+        self.upstream_status: str = ""
 
 
 class GatewayRequest(server.Request):
@@ -265,6 +266,7 @@ class _Exchange:
             if self.done:
                 return
             now = self.reactor.seconds()
+            self.info.upstream_status = "timeout" if getattr(d, "timed_out", False) else "error"
             if getattr(d, "timed_out", False):
                 self._upstream_error(504, b"upstream timed out\n", target, reason)
                 return
@@ -308,16 +310,17 @@ class _Exchange:
         return FileBodyProducer(content, cooperator=self.generation.cooperator)
 
     def _upstream_error(self, code: int, body: bytes, target: Target, reason: Failure) -> None:
-        self.info.error = reason.getErrorMessage()
+        self.info.error = _describe(reason)
         log.warn(
             "upstream {upstream} target {target}: {error} -> {code}",
-            upstream=self.info.upstream, target=target.url, error=reason.getErrorMessage(), code=code,
+            upstream=self.info.upstream, target=target.url, error=self.info.error, code=code,
         )
         self.answer(code, body)
 
     def _got_response(self, response: IResponse, target: Target) -> Optional[defer.Deferred[Any]]:
         self.pending = None
         target.succeeded()
+        self.info.upstream_status = str(response.code)
         if self.done:
             response.deliverBody(_Discard())
             return None
@@ -445,6 +448,20 @@ class _Exchange:
         if self.body_transport is not None:
             self.body_transport.stopProducing()
             self.body_transport = None
+
+
+def _describe(reason: Failure) -> str:
+    """
+    One line on why an upstream request failed; Twisted's client wraps the
+    real causes (refused, TLS verification, reset) in a list.
+    """
+    causes = getattr(reason.value, "reasons", None)
+    if causes:
+        return "; ".join(
+            f"{type(c.value).__name__}: {c.getErrorMessage()}" if isinstance(c, Failure) else str(c)
+            for c in causes
+        )
+    return f"{type(reason.value).__name__}: {reason.getErrorMessage()}"
 
 
 def _connection_named(response: IResponse) -> tuple[bytes, ...]:

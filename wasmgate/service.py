@@ -8,12 +8,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.application import service, strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 from wasmgate.generation import Generation, build_generation
+from wasmgate.metrics import GatewayMetrics
+from wasmgate.tls import CertificateError, CertificateSpec, CertificateStore, TLSMetrics, tls_endpoint
 from wasmgate.proxy import ProxyResource
 from wasmgate.site import GatewaySite, QuietSite
 
@@ -50,17 +54,26 @@ class GatewayService(service.MultiService):
         self.cooperator = task.Cooperator(scheduler=lambda x: reactor.callLater(0, x))
         self._wasm: Optional[Any] = None
         self._generations = 0
+        self.metrics = GatewayMetrics(generation=lambda: self.generation)
         self.generation = self._build(config)
+        self.metrics.config_generation.set(self.generation.number)
         ThreadPoolService(self.filter_pool).setServiceParent(self)
         self.site = GatewaySite(
             ProxyResource(generation=lambda: self.generation, reactor=reactor),
             reactor=reactor,
             max_body_bytes=config.server.max_body_bytes,
             idle_timeout=config.server.timeouts.idle,
+            observers=[self.metrics.request_done],
         )
+        self.certificates = None
+        if config.server.tls is not None:
+            self.certificates = _certificate_store(config, self.metrics)
         self.listeners = []
         for description in config.server.listen:
-            listener = strports.service(description, self.site, reactor=reactor)
+            endpoint = endpoints.serverFromString(reactor, description)
+            if self.certificates is not None:
+                endpoint = tls_endpoint(endpoint, self.certificates)
+            listener = StreamServerEndpointService(endpoint, self.site)
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if config.admin.listen:
@@ -116,7 +129,9 @@ class GatewayService(service.MultiService):
         from wasmgate.tls import upstream_tls_policy
 
         return upstream_tls_policy(
-            ca_file=upstream.ca_file, insecure_skip_verify=upstream.insecure_skip_verify
+            ca_file=upstream.ca_file,
+            insecure_skip_verify=upstream.insecure_skip_verify,
+            name=upstream.name,
         )
 
     def readiness_problems(self) -> list[str]:
@@ -134,6 +149,8 @@ class GatewayService(service.MultiService):
     def startService(self) -> None:
         if self._wasm is not None:
             self._wasm.start()
+        if self.certificates is not None:
+            self.certificates.start_watching(self.reactor, self.config.server.tls.watch_interval)
         super().startService()
 
     @defer.inlineCallbacks
@@ -155,6 +172,8 @@ class GatewayService(service.MultiService):
             except defer.TimeoutError:
                 log.warn("shutdown timeout: {n} request(s) cut off", n=generation.in_flight)
         yield service.MultiService.stopService(self)
+        if self.certificates is not None:
+            self.certificates.stop_watching()
         yield generation.close()
         if self._wasm is not None:
             self._wasm.stop()
@@ -166,6 +185,8 @@ class GatewayService(service.MultiService):
         keep the current one. Fires with the new generation number.
         """
         path = self.config.source
+        if self.certificates is not None:
+            self.certificates.reload()  # problems are logged, old pairs kept
         try:
             config = yield threads.deferToThread(load_config, path)
             if config.server.listen != self.config.server.listen:
@@ -173,12 +194,27 @@ class GatewayService(service.MultiService):
             filters = yield threads.deferToThread(self._load_filters, config)
             generation = self._assemble(config, filters)
         except ConfigError as e:
+            self.metrics.reloads.labels("error").inc()
             log.error("reload failed, keeping the current config:\n{errors}", errors=str(e))
             raise
         old, self.generation, self.config = self.generation, generation, config
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.config_generation.set(generation.number)
         log.info("config generation {n} is live", n=generation.number)
         old.drained().addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
         return generation.number
+
+
+def _certificate_store(config: GatewayConfig, metrics: GatewayMetrics) -> CertificateStore:
+    tls = config.server.tls
+    assert tls is not None
+    specs = [CertificateSpec(hosts=c.hosts, cert=c.cert, key=c.key) for c in tls.certificates]
+    try:
+        return CertificateStore(
+            specs, min_version=tls.min_version, metrics=TLSMetrics(metrics.registry)
+        )
+    except CertificateError as e:
+        raise ConfigError(config.source, [f"server.tls: {p}" for p in e.problems]) from None
 
 
 def make_service(config_path: str, *, reactor: Any = None) -> GatewayService:

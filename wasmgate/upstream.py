@@ -93,6 +93,9 @@ class Upstream:
             "ip_hash": self._ip_hash,
         }[config.lb]
 
+    def now(self) -> float:
+        return self._clock.seconds()
+
     def all_down(self) -> bool:
         return not any(t.healthy for t in self.targets)
 

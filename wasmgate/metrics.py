@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+Prometheus metrics of one gateway process, on a registry of its own.
+
+Label values are bounded: paths are normalised (ids become C{{id}}) and
+each route keeps at most C{max_paths} distinct paths, the rest counted as
+C{{other}}; never a raw path.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from wasmgate.generation import Generation
+    from wasmgate.proxy import GatewayRequest
+
+_ID_SEGMENT = re.compile(
+    r"""^(
+        [0-9]+                                                   # 123
+      | [0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}  # uuid
+      | (?=[^/]*[0-9])[0-9a-fA-F]{8,}                            # hex ids, hashes
+      | [A-Za-z0-9_-]{20,}                                       # long opaque tokens
+    )$""",
+    re.VERBOSE,
+)
+
+
+def normalise_path(path: str, *, max_segments: int = 6) -> str:
+    """C{/users/123/orders/9f8e...} -> C{/users/{id}/orders/{id}}."""
+    segments = path.split("?", 1)[0].split("/")[1:]
+    out = ["{id}" if _ID_SEGMENT.match(s) else s for s in segments[:max_segments]]
+    if len(segments) > max_segments:
+        out.append("...")
+    return "/" + "/".join(out)
+
+
+class GatewayMetrics:
+    """The gateway's collectors; the service and the proxy report into it."""
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        generation: Callable[[], "Generation"] | None = None,
+        max_paths: int = 200,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.max_paths = max_paths
+        self._paths: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        r = self.registry
+        self.requests = Counter(
+            "http_requests", "Requests answered", ["method", "route", "path", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from request to the end of the response",
+            ["method", "route", "path"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.plugin_duration = Histogram(
+            "wasmgate_plugin_duration_seconds",
+            "Time one filter took on one request or response",
+            ["plugin"],
+            registry=r,
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1),
+        )
+        self.plugin_errors = Counter(
+            "wasmgate_plugin_errors", "Filter failures by kind", ["plugin", "kind"], registry=r
+        )
+        self.upstream_requests = Counter(
+            "wasmgate_upstream_requests",
+            "Requests sent to upstream targets, by the upstream's status (or error)",
+            ["upstream", "target", "status"],
+            registry=r,
+        )
+        self.config_generation = Gauge(
+            "wasmgate_config_generation", "Number of the live config generation", registry=r
+        )
+        self.reloads = Counter("wasmgate_reloads", "Config reloads", ["result"], registry=r)
+        if generation is not None:
+            r.register(_LiveCollector(generation))
+
+    def _path_label(self, route: str, path: str) -> str:
+        normal = normalise_path(path)
+        with self._lock:
+            seen = self._paths.setdefault(route, set())
+            if normal in seen:
+                return normal
+            if len(seen) >= self.max_paths:
+                return "{other}"
+            seen.add(normal)
+            return normal
+
+    # Observers --
+
+    def request_done(self, request: "GatewayRequest", seconds: float) -> None:
+        info = request.info
+        method = request.method.decode("latin-1", "replace") if request.method else "-"
+        if method not in _METHODS:
+            method = "other"
+        route = info.route or "-"
+        path = self._path_label(route, (request.path or b"/").decode("latin-1", "replace"))
+        self.requests.labels(method, route, path, str(request.code)).inc()
+        self.duration.labels(method, route, path).observe(seconds)
+        if info.target:
+            self.upstream_requests.labels(info.upstream, info.target, info.upstream_status or "error").inc()
+
+    def plugin_called(self, plugin: str, seconds: float) -> None:
+        self.plugin_duration.labels(plugin).observe(seconds)
+
+    def plugin_failed(self, plugin: str, kind: str) -> None:
+        self.plugin_errors.labels(plugin, kind).inc()
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+
+
+class _LiveCollector:
+    """Gauges read from the live generation at scrape time."""
+
+    def __init__(self, generation: Callable[[], "Generation"]) -> None:
+        self._generation = generation
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        generation = self._generation()
+        healthy = GaugeMetricFamily(
+            "wasmgate_upstream_healthy", "1 if the target gets traffic", labels=["upstream", "target"]
+        )
+        for name, upstream in generation.upstreams.items():
+            for target in upstream.targets:
+                up = target.healthy and target.available(upstream.now())
+                healthy.add_metric([name, target.url], 1.0 if up else 0.0)
+        yield healthy
+        memory = GaugeMetricFamily(
+            "wasmgate_plugin_memory_bytes", "Linear memory of a filter's instances", labels=["plugin"]
+        )
+        instances = GaugeMetricFamily(
+            "wasmgate_plugin_instances", "Live instances of a filter", labels=["plugin"]
+        )
+        for name, wasm_filter in generation.filters.items():
+            memory.add_metric([name], float(wasm_filter.memory_bytes()))
+            instances.add_metric([name], float(wasm_filter.instance_count()))
+        yield memory
+        yield instances
