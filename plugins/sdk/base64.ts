@@ -1,0 +1,65 @@
+// test-case-name: tests.test_bundled_filters_unit
+//
+// Standard base64 (RFC 4648, with padding): bodies cross the JSON ABI in it.
+
+const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/** Encode bytes as base64 text. */
+export function base64Encode(data: Uint8Array): string {
+  const n = data.length;
+  const outLen = ((n + 2) / 3) * 4;
+  const out = new Uint8Array(outLen);
+  let o = 0;
+  let i = 0;
+  for (; i + 2 < n; i += 3) {
+    const v = (<u32>data[i] << 16) | (<u32>data[i + 1] << 8) | <u32>data[i + 2];
+    out[o++] = <u8>ALPHABET.charCodeAt((v >> 18) & 63);
+    out[o++] = <u8>ALPHABET.charCodeAt((v >> 12) & 63);
+    out[o++] = <u8>ALPHABET.charCodeAt((v >> 6) & 63);
+    out[o++] = <u8>ALPHABET.charCodeAt(v & 63);
+  }
+  const rest = n - i;
+  if (rest > 0) {
+    let v = <u32>data[i] << 16;
+    if (rest == 2) v |= <u32>data[i + 1] << 8;
+    out[o++] = <u8>ALPHABET.charCodeAt((v >> 18) & 63);
+    out[o++] = <u8>ALPHABET.charCodeAt((v >> 12) & 63);
+    out[o++] = rest == 2 ? <u8>ALPHABET.charCodeAt((v >> 6) & 63) : 0x3d;
+    out[o++] = 0x3d;
+  }
+  return String.UTF8.decodeUnsafe(out.dataStart, outLen);
+}
+
+function sextet(c: i32): i32 {
+  if (c >= 0x41 && c <= 0x5a) return c - 0x41;
+  if (c >= 0x61 && c <= 0x7a) return c - 0x61 + 26;
+  if (c >= 0x30 && c <= 0x39) return c - 0x30 + 52;
+  if (c == 0x2b) return 62;
+  if (c == 0x2f) return 63;
+  return -1;
+}
+
+/**
+ * Decode base64 text; padding may be omitted. Returns null on any other
+ * character, so a caller can tell a corrupt body from an empty one.
+ */
+export function base64Decode(text: string): Uint8Array | null {
+  let n = text.length;
+  while (n > 0 && text.charCodeAt(n - 1) == 0x3d) n--;
+  if (text.length - n > 2 || n % 4 == 1) return null;
+  const out = new Uint8Array((n * 3) >> 2);
+  let acc: u32 = 0;
+  let bits = 0;
+  let o = 0;
+  for (let i = 0; i < n; i++) {
+    const v = sextet(text.charCodeAt(i));
+    if (v < 0) return null;
+    acc = (acc << 6) | <u32>v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = <u8>((acc >> bits) & 0xff);
+    }
+  }
+  return out;
+}
