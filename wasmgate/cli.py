@@ -34,11 +34,16 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from wasmgate.wasm.inspect import inspect_file
+    from wasmgate.wasm.engine import WasmEngine
+    from wasmgate.wasm.inspect import inspect_module
 
-    report, ok = inspect_file(args.file)
-    print(report)
-    return 0 if ok else 1
+    engine = WasmEngine()
+    try:
+        report = inspect_module(args.file, engine)
+    finally:
+        engine.stop()
+    print(report.text())
+    return 0 if report.ok else 1
 
 
 def _demo_upstream(args: argparse.Namespace) -> int:

@@ -359,31 +359,34 @@ class _Exchange:
                 for value in values
             ]
             resp = FilterResponse(status=response.code, headers=headers, body=body)
-            return chain.run_response(self.freq, resp)  # type: ignore[arg-type]
+            d = chain.run_response(self.freq, resp)  # type: ignore[arg-type]
+            return d.addCallback(lambda result: (body, result))
 
-        def write(result: tuple[FilterResponse, list[FilterDecision]]) -> None:
-            resp, decisions = result
+        def write(outcome: tuple[Optional[bytes], tuple[Any, list[FilterDecision]]]) -> None:
+            body, (resp, decisions) = outcome
             self.info.decisions.extend(decisions)
-            if self.done:
-                if not chain.wants_body:
+            buffered = chain.wants_body
+            if self.done or isinstance(resp, Answer):
+                if not buffered:
                     response.deliverBody(_Discard())
+                if not self.done:
+                    self.answer(resp.status, resp.body, resp.headers)
                 return
-            if isinstance(resp, Answer):
-                if not chain.wants_body:
-                    response.deliverBody(_Discard())
-                self.answer(resp.status, resp.body, resp.headers)
-                return
-            self._start_response(resp.status, None, [
-                (n.encode("latin-1"), [v.encode("latin-1")]) for n, v in resp.headers
-            ])
-            if body is not None or resp.body is not None:
-                payload = resp.body if resp.body is not None else body or b""
-                self.request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(payload)])
-                self.request.write(payload)
-                self.request.finish()
-            else:
+            grouped: dict[bytes, list[bytes]] = {}
+            for name, value in resp.headers:
+                grouped.setdefault(name.encode("latin-1"), []).append(value.encode("latin-1"))
+            phrase = response.phrase if resp.status == response.code else None
+            self._start_response(resp.status, phrase, list(grouped.items()))
+            if resp.body is None and not buffered:
                 self._set_length(response)
                 response.deliverBody(_BodyRelay(self))
+                return
+            if not buffered:
+                response.deliverBody(_Discard())
+            payload = resp.body if resp.body is not None else body or b""
+            self.request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(payload)])
+            self.request.write(payload)
+            self.request.finish()
 
         def too_large(reason: Failure) -> None:
             reason.trap(_BodyTooLarge)

@@ -118,7 +118,9 @@ class GatewayService(service.MultiService):
         if self._wasm is None:
             from wasmgate.wasm.runtime import WasmRuntime
 
-            self._wasm = WasmRuntime(config, reactor=self.reactor, pool=self.filter_pool)
+            self._wasm = WasmRuntime(
+                config, reactor=self.reactor, pool=self.filter_pool, observer=self.metrics
+            )
             if self.running:
                 self._wasm.start()
         return self._wasm

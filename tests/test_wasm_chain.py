@@ -1,0 +1,228 @@
+"""
+Tests for L{wasmgate.wasm.chain.FilterChain}: real filters, a real thread
+pool, the real reactor.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import pytest_twisted
+import wasmtime
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.python.threadpool import ThreadPool
+
+from tests import wasm_guests as g
+from wasmgate.state import MemoryCounterStore
+from wasmgate.wasm.chain import FilterChain
+from wasmgate.wasm.engine import WasmEngine
+from wasmgate.wasm.filter import WasmFilter
+from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
+
+
+class CountingPool(ThreadPool):
+    """A real thread pool that counts how many jobs it was given."""
+
+    jobs = 0
+
+    def callInThreadWithCallback(self, *a: Any, **kw: Any) -> None:
+        self.jobs += 1
+        super().callInThreadWithCallback(*a, **kw)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = WasmEngine()
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def pool():
+    p = CountingPool(minthreads=1, maxthreads=4, name="test-filters")
+    p.start()
+    yield p
+    p.stop()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.called: list[str] = []
+        self.failed: list[tuple[str, str]] = []
+        self.threads: set[str] = set()
+
+    def plugin_called(self, plugin: str, seconds: float) -> None:
+        self.called.append(plugin)
+        self.threads.add(threading.current_thread().name)
+
+    def plugin_failed(self, plugin: str, kind: str) -> None:
+        self.failed.append((plugin, kind))
+
+
+def make(engine: WasmEngine, wat: str, name: str, **kw: Any) -> WasmFilter:
+    kw.setdefault("state", MemoryCounterStore())
+    return WasmFilter(name=name, module=engine.compile(wasmtime.wat2wasm(wat)), engine=engine, **kw)
+
+
+def req(method: str = "GET") -> FilterRequest:
+    return FilterRequest(method=method, path="/a", query="", headers=[("host", "h")], client_ip="192.0.2.1")
+
+
+def outcomes(decisions: list[FilterDecision]) -> list[tuple[str, str]]:
+    return [(d.plugin, d.outcome) for d in decisions]
+
+
+def test_empty_chain_does_not_hop(pool: CountingPool) -> None:
+    chain = FilterChain([], pool=pool, reactor=reactor)
+    r = req()
+    d = chain.run_request(r)
+    results: list[Any] = []
+    d.addCallback(results.append)
+    assert results == [(Continue(r), [])]
+    resp = FilterResponse(200, [])
+    chain.run_response(r, resp).addCallback(results.append)
+    assert results[1] == (resp, [])
+    assert pool.jobs == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_hop_per_phase(engine: WasmEngine, pool: CountingPool):
+    rec = Recorder()
+    filters = [
+        make(engine, g.HEADER_REWRITE, "rewrite", observer=rec),
+        make(engine, g.RESPONSE_HEADER, "resp", observer=rec),
+        make(engine, g.PASS_THROUGH, "pass", observer=rec),
+    ]
+    chain = FilterChain(filters, pool=pool, reactor=reactor)
+    outcome, decisions = yield chain.run_request(req())
+    assert pool.jobs == 1
+    assert isinstance(outcome, Continue)
+    assert outcome.request.path == "/rewritten"
+    assert outcome.response_headers == [("x-from-filter", "1")]
+    assert outcomes(decisions) == [("rewrite", "continue"), ("resp", "continue"), ("pass", "continue")]
+    assert all(d.seconds > 0 for d in decisions)
+    resp, decisions = yield chain.run_response(outcome.request, FilterResponse(200, [("server", "x")], b""))
+    assert pool.jobs == 2
+    assert resp.headers == [("x-response-filtered", "yes")]
+    assert outcomes(decisions) == [("resp", "continue")]
+    assert rec.called == ["rewrite", "resp", "pass", "resp"]
+    assert threading.current_thread().name not in rec.threads  # never on the reactor thread
+
+
+@pytest_twisted.inlineCallbacks
+def test_answer_stops_chain(engine: WasmEngine, pool: CountingPool):
+    store = MemoryCounterStore()
+    chain = FilterChain(
+        [make(engine, g.BLOCK_403, "block"), make(engine, g.COUNTER, "count", state=store)],
+        pool=pool,
+        reactor=reactor,
+    )
+    outcome, decisions = yield chain.run_request(req())
+    assert isinstance(outcome, Answer) and outcome.status == 403 and outcome.plugin == "block"
+    assert outcomes(decisions) == [("block", "answer")]
+    assert store.get("count:hits") == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_failure_policies(engine: WasmEngine, pool: CountingPool):
+    store = MemoryCounterStore()
+    rec = Recorder()
+    closed = make(engine, g.MISBEHAVING, "strict", failure_policy="closed", observer=rec)
+    open_ = make(engine, g.MISBEHAVING, "lenient", failure_policy="open", observer=rec)
+    counter = make(engine, g.COUNTER, "count", state=store)
+
+    outcome, decisions = yield FilterChain([open_, counter], pool=pool, reactor=reactor).run_request(req("TRAP"))
+    assert isinstance(outcome, Continue)
+    assert outcomes(decisions) == [("lenient", "skipped:trap"), ("count", "continue")]
+    assert store.get("count:hits") == 1
+
+    outcome, decisions = yield FilterChain([closed, counter], pool=pool, reactor=reactor).run_request(req("LOOP"))
+    assert isinstance(outcome, Answer)
+    assert (outcome.status, outcome.body, outcome.plugin) == (502, b"Bad Gateway\n", "strict")
+    assert outcome.headers == [("content-type", "text/plain; charset=utf-8")]
+    assert outcomes(decisions) == [("strict", "failed:timeout")]
+    assert store.get("count:hits") == 1
+
+    # Invalid output is a 500 whatever the policy.
+    outcome, decisions = yield FilterChain([open_, counter], pool=pool, reactor=reactor).run_request(req("JSON"))
+    assert isinstance(outcome, Answer) and outcome.status == 500
+    assert outcome.body == b"Internal Server Error\n"
+    assert outcomes(decisions) == [("lenient", "failed:bad_output")]
+    assert rec.failed == [("lenient", "trap"), ("strict", "timeout"), ("lenient", "bad_output")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_response_phase_reverse_order_and_failure(engine: WasmEngine, pool: CountingPool):
+    a = make(engine, g.RESPONSE_STATUS, "a")
+    b = make(engine, g.RESPONSE_HEADER, "b")
+    chain = FilterChain([a, make(engine, g.PASS_THROUGH, "p"), b], pool=pool, reactor=reactor)
+    resp, decisions = yield chain.run_response(req(), FilterResponse(200, [("server", "s")], b"body"))
+    assert outcomes(decisions) == [("b", "continue"), ("a", "continue")]
+    assert (resp.status, resp.body) == (418, b"teapot\n")
+    assert resp.headers == [("x-response-filtered", "yes")]
+
+    # A response filter that fails under "closed" turns the response into a 502.
+    broken = make(engine, g.RESPONSE_HEADER, "broken", state=None)
+    broken.close()
+    chain = FilterChain([broken], pool=pool, reactor=reactor)
+    resp, decisions = yield chain.run_response(req(), FilterResponse(200, [], b"fine"))
+    assert (resp.status, resp.body) == (502, b"Bad Gateway\n")
+    assert outcomes(decisions) == [("broken", "failed:load")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_route_config_reaches_guest(engine: WasmEngine, pool: CountingPool):
+    from twisted.logger import Logger
+
+    events: list[dict] = []
+    f = make(engine, g.ECHO_LOG, "echo", log=Logger(namespace="t", observer=events.append))
+    chain = FilterChain([f], pool=pool, reactor=reactor, route_config={"echo": {"limit": 5}})
+    yield chain.run_request(req())
+    assert any('"route_config":{"limit":5}' in e.get("message", "") for e in events)
+
+
+class SleepyStore(MemoryCounterStore):
+    """A counter store whose increments take a while (think: a slow Redis)."""
+
+    def incr(self, key: str, delta: int, ttl_ms: int) -> int:
+        time.sleep(0.3)
+        return super().incr(key, delta, ttl_ms)
+
+
+@pytest_twisted.inlineCallbacks
+def test_calls_overlap_in_pool(engine: WasmEngine):
+    """4 calls that each block 0.3 s in a host call take ~0.3 s on 4 threads, not 1.2 s."""
+    pool = ThreadPool(minthreads=4, maxthreads=4, name="overlap")
+    pool.start()
+    try:
+        store = SleepyStore()
+        chain = FilterChain([make(engine, g.COUNTER, "slow", state=store)], pool=pool, reactor=reactor)
+        yield chain.run_request(req())  # instance on one thread already; others build lazily
+        started = time.monotonic()
+        results = yield gatherResults([chain.run_request(req()) for _ in range(4)])
+        elapsed = time.monotonic() - started
+        assert all(isinstance(o, Continue) for o, _ in results)
+        assert store.get("slow:hits") == 5
+        assert elapsed < 0.9, elapsed
+    finally:
+        pool.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_counter_atomic_across_threads(engine: WasmEngine, pool: CountingPool):
+    store = MemoryCounterStore()
+    chain = FilterChain([make(engine, g.COUNTER, "c", state=store)], pool=pool, reactor=reactor)
+    n_threads, m = 4, 50
+
+    def batch() -> None:
+        for _ in range(m):
+            chain.request_sync(req())
+
+    from twisted.internet.threads import deferToThreadPool
+
+    yield gatherResults([deferToThreadPool(reactor, pool, batch) for _ in range(n_threads)])
+    assert store.get("c:hits") == n_threads * m

@@ -1,0 +1,233 @@
+# -*- test-case-name: tests.test_testing -*-
+"""
+Helpers for testing your own filters without a gateway (like C{treq.testing}).
+
+    from wasmgate.testing import run_filter
+    from wasmgate.wasm.messages import Answer
+
+    result = run_filter("plugins/rate_limiter.wasm", path="/api", config={"limit": 1})
+    assert not isinstance(result, Answer)
+
+Everything is synchronous and real: a wasmtime engine, the filter built as
+the gateway builds it, one call on the calling thread. Failures raise
+L{FilterFailure} (its C{kind} says trap/timeout/oom/bad_output/state) and
+modules that would not load raise L{PluginLoadError}.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import wasmtime
+
+from wasmgate.state import CounterStore, MemoryCounterStore
+from wasmgate.wasm.engine import WasmEngine
+from wasmgate.wasm.filter import FilterFailure, PluginLoadError, WasmFilter
+from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse, Headers
+
+__all__ = [
+    "FilterFailure",
+    "FilterHarness",
+    "PluginLoadError",
+    "load_wasm",
+    "make_request",
+    "memory_store",
+    "run_filter",
+    "run_response_filter",
+]
+
+WasmSource = Union[bytes, str, "os.PathLike[str]"]
+
+
+def memory_store(*, max_keys: int = 100_000) -> MemoryCounterStore:
+    """A fresh in-memory counter store (share one between calls to see state)."""
+    return MemoryCounterStore(max_keys=max_keys)
+
+
+def load_wasm(source: WasmSource) -> bytes:
+    """
+    Wasm bytes from binary wasm, WAT text, or a C{.wasm}/C{.wat} file path.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+        if data[:4] == b"\0asm":
+            return data
+        return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
+    if isinstance(source, str) and source.lstrip().startswith("(module"):
+        return bytes(wasmtime.wat2wasm(source))
+    path = os.fspath(source)
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] == b"\0asm":
+        return data
+    return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
+
+
+def make_request(
+    *,
+    method: str = "GET",
+    path: str = "/",
+    query: str = "",
+    headers: Union[Headers, dict, None] = None,
+    client_ip: str = "127.0.0.1",
+    body: Optional[bytes] = None,
+    route: str = "",
+    scheme: str = "http",
+) -> FilterRequest:
+    """A L{FilterRequest} with defaults; C{headers} may be a dict."""
+    if headers is None:
+        pairs: Headers = []
+    elif isinstance(headers, dict):
+        pairs = [(k.lower(), v) for k, v in headers.items()]
+    else:
+        pairs = [(k.lower(), v) for k, v in headers]
+    return FilterRequest(
+        method=method,
+        path=path,
+        query=query,
+        headers=pairs,
+        client_ip=client_ip,
+        body=body,
+        route=route,
+        scheme=scheme,
+    )
+
+
+class FilterHarness:
+    """
+    An engine and one filter, for several calls; use as a context manager
+    (or call L{close}) so the engine's ticker thread stops.
+    """
+
+    def __init__(
+        self,
+        wasm: WasmSource,
+        *,
+        name: str = "plugin",
+        config: Optional[dict] = None,
+        include_body: bool = False,
+        state: Optional[CounterStore] = None,
+        timeout_ms: float = 50,
+        memory_limit_mb: float = 16,
+        fuel: Optional[int] = None,
+        failure_policy: str = "closed",
+        log: Any = None,
+    ) -> None:
+        self.engine = WasmEngine(fuel=fuel is not None)
+        self.state = state if state is not None else memory_store()
+        try:
+            self.filter = WasmFilter(
+                name=name,
+                module=self.engine.compile(load_wasm(wasm)),
+                engine=self.engine,
+                timeout_ms=timeout_ms,
+                memory_limit_mb=memory_limit_mb,
+                failure_policy=failure_policy,
+                fuel=fuel,
+                config=config or {},
+                include_body=include_body,
+                state=self.state,
+                log=log,
+            )
+        except BaseException:
+            self.engine.stop()
+            raise
+
+    def request(
+        self, request: Optional[FilterRequest] = None, *, route_config: Optional[dict] = None, **fields: Any
+    ) -> Union[Answer, Continue]:
+        """Run the request phase; raises L{FilterFailure} on failure."""
+        req = request if request is not None else make_request(**fields)
+        return self.filter.run_request(req, route_config=route_config)
+
+    def response(
+        self,
+        response: Optional[FilterResponse] = None,
+        *,
+        request: Optional[FilterRequest] = None,
+        status: int = 200,
+        headers: Union[Headers, dict, None] = None,
+        body: Optional[bytes] = None,
+        route_config: Optional[dict] = None,
+    ) -> FilterResponse:
+        """Run the response phase (a no-op for request-only filters)."""
+        if response is None:
+            pairs = make_request(headers=headers).headers
+            response = FilterResponse(status=status, headers=pairs, body=body)
+        return self.filter.run_response(
+            request if request is not None else make_request(), response, route_config=route_config
+        )
+
+    def close(self) -> None:
+        self.filter.close()
+        self.engine.stop()
+
+    def __enter__(self) -> "FilterHarness":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def run_filter(
+    wasm: WasmSource,
+    request: Optional[FilterRequest] = None,
+    *,
+    config: Optional[dict] = None,
+    include_body: bool = False,
+    state: Optional[CounterStore] = None,
+    timeout_ms: float = 50,
+    memory_limit_mb: float = 16,
+    fuel: Optional[int] = None,
+    route_config: Optional[dict] = None,
+    name: str = "plugin",
+    **request_fields: Any,
+) -> Union[Answer, Continue]:
+    """
+    Load C{wasm} and run its request phase once.
+
+    Give a L{FilterRequest}, or its fields as keywords (C{method}, C{path},
+    C{query}, C{headers}, C{client_ip}, C{body}, C{route}).
+    """
+    with FilterHarness(
+        wasm,
+        name=name,
+        config=config,
+        include_body=include_body,
+        state=state,
+        timeout_ms=timeout_ms,
+        memory_limit_mb=memory_limit_mb,
+        fuel=fuel,
+    ) as h:
+        return h.request(request, route_config=route_config, **request_fields)
+
+
+def run_response_filter(
+    wasm: WasmSource,
+    response: Optional[FilterResponse] = None,
+    *,
+    request: Optional[FilterRequest] = None,
+    status: int = 200,
+    headers: Union[Headers, dict, None] = None,
+    body: Optional[bytes] = None,
+    config: Optional[dict] = None,
+    include_body: bool = False,
+    state: Optional[CounterStore] = None,
+    timeout_ms: float = 50,
+    memory_limit_mb: float = 16,
+    route_config: Optional[dict] = None,
+    name: str = "plugin",
+) -> FilterResponse:
+    """Load C{wasm} and run its response phase once on the given response."""
+    with FilterHarness(
+        wasm,
+        name=name,
+        config=config,
+        include_body=include_body,
+        state=state,
+        timeout_ms=timeout_ms,
+        memory_limit_mb=memory_limit_mb,
+    ) as h:
+        return h.response(
+            response, request=request, status=status, headers=headers, body=body, route_config=route_config
+        )

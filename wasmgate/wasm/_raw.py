@@ -1,0 +1,451 @@
+# -*- test-case-name: tests.test_wasm_engine -*-
+"""
+The hot path between Python and wasm, in one small place.
+
+wasmtime-py's checked API costs 13-18 us per call and 11-15 us per host
+callback (type lookups and C{Val} boxing). A filter call is a handful of
+those, so the gateway goes through wasmtime's C "unchecked" entry points
+instead: C{wasmtime_func_call_unchecked} with a preallocated
+C{wasmtime_val_raw} array, C{wasmtime_func_new_unchecked} for host
+functions, and guest memory read and written with ctypes on the memory's
+base address (fetched afresh for every call, since memory may move when it
+grows).
+
+Those entry points live in C{wasmtime._bindings}, which is not public API.
+L{select} therefore runs a small self-check against the engine it is given
+and falls back to L{CheckedPath} (the public API) if anything is missing or
+behaves differently. Both paths offer the same three operations:
+
+  - C{export_caller(store, func, params, results)}: a Python callable that
+    calls an exported function with ints and returns an int (or C{None});
+    any trap is raised as L{GuestTrap}.
+  - C{host_func(store, params, results, fn, cell, on_error)}: a
+    C{wasmtime.Func} for the import list; C{fn(base, size, *args)} gets the
+    caller's memory base address and length first. An exception from C{fn}
+    is handed to C{on_error} and turned into a trap of the guest.
+  - C{memory_span(store, memory)}: C{(base address, length)} right now.
+
+All values crossing are plain ints. Types are given as C{"i32"} / C{"i64"}.
+"""
+from __future__ import annotations
+
+import ctypes
+from ctypes import c_size_t, c_void_p
+from typing import Any, Callable, Optional, Sequence
+
+import wasmtime
+from wasmtime import TrapCode
+
+try:  # the private bindings; their absence only disables the raw path
+    from wasmtime import _ffi as _ffi
+except ImportError:  # pragma: no cover - depends on the wasmtime build
+    _ffi = None  # type: ignore[assignment]
+
+
+HostFn = Callable[..., Optional[int]]
+"""C{fn(base, size, *args) -> int | None}: a host function's Python side."""
+
+
+class GuestTrap(Exception):
+    """
+    A call into the guest did not return normally.
+
+    @ivar code: the wasmtime L{TrapCode} (C{INTERRUPT} for an epoch
+        deadline, C{OUT_OF_FUEL}, C{UNREACHABLE}, ...) or C{None} when the
+        trap came from a host function or wasmtime did not give one.
+    """
+
+    def __init__(self, code: Optional[TrapCode], message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _trap_to_exception(trap: wasmtime.Trap) -> GuestTrap:
+    try:
+        code = trap.trap_code
+    except Exception:  # an unknown code from a newer wasmtime
+        code = None
+    return GuestTrap(code, trap.message)
+
+
+def _error_to_exception(error: BaseException) -> GuestTrap:
+    if isinstance(error, wasmtime.Trap):
+        return _trap_to_exception(error)
+    return GuestTrap(None, str(error))
+
+
+_VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
+
+
+def func_type(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
+    """A C{FuncType} from C{"i32"}/C{"i64"} names."""
+    return wasmtime.FuncType(
+        [_VALTYPES[p]() for p in params], [_VALTYPES[r]() for r in results]
+    )
+
+
+class MemoryCell:
+    """
+    Where a host function finds its instance's memory.
+
+    Imports are created before the instance exists, so host functions get
+    this cell and the instance's C{memory} export is put into it after
+    instantiation.
+    """
+
+    def __init__(self) -> None:
+        self.memory: Optional[wasmtime.Memory] = None
+
+
+def _host_error_trap_message(exc: BaseException) -> str:
+    return "wasmgate host function failed: %s" % (type(exc).__name__,)
+
+
+class CheckedPath:
+    """The public wasmtime-py API: slower, always available."""
+
+    raw = False
+    name = "checked"
+
+    def export_caller(
+        self,
+        store: wasmtime.Store,
+        func: wasmtime.Func,
+        params: Sequence[str],
+        results: Sequence[str],
+    ) -> Callable[..., Optional[int]]:
+        def call(*args: int) -> Optional[int]:
+            try:
+                return func(store, *args)  # type: ignore[no-any-return]
+            except GuestTrap:
+                raise
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+                raise _error_to_exception(e) from None
+            except Exception as e:
+                # wasmtime-py re-raises a host function's exception here
+                # (through a process-global slot); our own on_error already
+                # recorded it, so this is just "the guest was trapped".
+                raise GuestTrap(None, _host_error_trap_message(e)) from None
+
+        return call
+
+    def host_func(
+        self,
+        store: wasmtime.Store,
+        params: Sequence[str],
+        results: Sequence[str],
+        fn: HostFn,
+        cell: MemoryCell,
+        on_error: Callable[[BaseException], None],
+    ) -> wasmtime.Func:
+        def trampoline(caller: Any, *args: int) -> Optional[int]:
+            mem = cell.memory
+            if mem is not None:
+                base = ctypes.addressof(mem.data_ptr(caller).contents)
+                size = mem.data_len(caller)
+            else:
+                base = size = 0
+            try:
+                return fn(base, size, *args)
+            except BaseException as e:
+                on_error(e)
+                raise
+
+        return wasmtime.Func(
+            store, func_type(params, results), trampoline, access_caller=True
+        )
+
+    def memory_span(self, store: wasmtime.Store, memory: wasmtime.Memory) -> tuple[int, int]:
+        return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
+
+
+class RawPath:
+    """
+    wasmtime's unchecked C entry points.
+
+    Function pointers are re-declared here with plain C{c_void_p} arguments
+    (so ctypes converts ints, its fastest case) instead of patching the
+    shared prototypes in C{wasmtime._bindings}.
+    """
+
+    raw = True
+    name = "raw"
+
+    def __init__(self) -> None:
+        if _ffi is None:
+            raise RuntimeError("wasmtime._ffi is not importable")
+        dll = _ffi.dll
+        proto = ctypes.CFUNCTYPE
+        self._call_unchecked = proto(c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)(
+            ("wasmtime_func_call_unchecked", dll)
+        )
+        self._func_new_unchecked = proto(None, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)(
+            ("wasmtime_func_new_unchecked", dll)
+        )
+        self._memory_data = proto(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", dll))
+        self._memory_data_size = proto(c_size_t, c_void_p, c_void_p)(("wasmtime_memory_data_size", dll))
+        self._caller_context = proto(c_void_p, c_void_p)(("wasmtime_caller_context", dll))
+        self._trap_new = proto(c_void_p, ctypes.c_char_p, c_size_t)(("wasmtime_trap_new", dll))
+        self._callback_type = proto(c_size_t, c_void_p, c_void_p, ctypes.POINTER(_ffi.wasmtime_val_raw), c_size_t)
+        self._val_raw = _ffi.wasmtime_val_raw
+        self._trap_ptr_type = ctypes.POINTER(_ffi.wasm_trap_t)
+        self._error_ptr_type = ctypes.POINTER(_ffi.wasmtime_error_t)
+        if ctypes.sizeof(self._val_raw) != 16:
+            raise RuntimeError("unexpected wasmtime_val_raw size %d" % ctypes.sizeof(self._val_raw))
+
+    @staticmethod
+    def _context(store: wasmtime.Store) -> int:
+        return ctypes.cast(store._context(), c_void_p).value  # type: ignore[return-value]
+
+    def _raise_from(self, err: Optional[int], trap: c_void_p) -> None:
+        if trap.value:
+            ptr = ctypes.cast(trap.value, self._trap_ptr_type)
+            trap.value = None
+            raise _trap_to_exception(wasmtime.Trap._from_ptr(ptr))
+        if err:
+            error = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, self._error_ptr_type))
+            raise _error_to_exception(error)
+
+    def export_caller(
+        self,
+        store: wasmtime.Store,
+        func: wasmtime.Func,
+        params: Sequence[str],
+        results: Sequence[str],
+    ) -> Callable[..., Optional[int]]:
+        ctx = self._context(store)
+        n = max(len(params), len(results), 1)
+        vals = (self._val_raw * n)()
+        vals_addr = ctypes.addressof(vals)
+        fstruct = func._func
+        func_addr = ctypes.addressof(fstruct)
+        trap = c_void_p()
+        trap_addr = ctypes.addressof(trap)
+        call_unchecked = self._call_unchecked
+        raise_from = self._raise_from
+        setters = [_setter(vals, i, t) for i, t in enumerate(params)]
+        result = results[0] if results else None
+
+        # Specialised shapes for the ABI's calls: (i32) -> i32 and
+        # (i32, i32) -> i64 / i32. The generic one handles the rest.
+        if list(params) == ["i32", "i32"] and result is not None:
+            v0, v1 = vals[0], vals[1]
+            if result == "i64":
+
+                def call2(a: int, b: int) -> Optional[int]:
+                    v0.i32 = a
+                    v1.i32 = b
+                    err = call_unchecked(ctx, func_addr, vals_addr, n, trap_addr)
+                    if err or trap.value:
+                        raise_from(err, trap)
+                    return v0.i64  # type: ignore[no-any-return]
+
+            else:
+
+                def call2(a: int, b: int) -> Optional[int]:
+                    v0.i32 = a
+                    v1.i32 = b
+                    err = call_unchecked(ctx, func_addr, vals_addr, n, trap_addr)
+                    if err or trap.value:
+                        raise_from(err, trap)
+                    return v0.i32  # type: ignore[no-any-return]
+
+            call2._keep = (vals, fstruct, trap, func)  # type: ignore[attr-defined]
+            return call2
+
+        def call(*args: int) -> Optional[int]:
+            if len(args) != len(setters):
+                raise TypeError("expected %d arguments, got %d" % (len(setters), len(args)))
+            for set_, a in zip(setters, args):
+                set_(a)
+            err = call_unchecked(ctx, func_addr, vals_addr, n, trap_addr)
+            if err or trap.value:
+                raise_from(err, trap)
+            if result is None:
+                return None
+            return getattr(vals[0], result)  # type: ignore[no-any-return]
+
+        call._keep = (vals, fstruct, trap, func)  # type: ignore[attr-defined]
+        return call
+
+    def host_func(
+        self,
+        store: wasmtime.Store,
+        params: Sequence[str],
+        results: Sequence[str],
+        fn: HostFn,
+        cell: MemoryCell,
+        on_error: Callable[[BaseException], None],
+    ) -> wasmtime.Func:
+        memory_data = self._memory_data
+        memory_data_size = self._memory_data_size
+        caller_context = self._caller_context
+        trap_new = self._trap_new
+        params = tuple(params)
+        result = results[0] if results else None
+        holder: dict[str, Any] = {}
+
+        def callback(env: Any, caller: int, vals: Any, nvals: int) -> int:
+            try:
+                mem = cell.memory
+                if mem is not None:
+                    cctx = caller_context(caller)
+                    mref = holder.get("mref")
+                    if mref is None or holder.get("mem") is not mem:
+                        holder["mem"] = mem
+                        mref = holder["mref"] = ctypes.addressof(mem._memory)
+                    base = memory_data(cctx, mref) or 0
+                    size = memory_data_size(cctx, mref)
+                else:
+                    base = size = 0
+                args = [getattr(vals[i], t) for i, t in enumerate(params)]
+                out = fn(base, size, *args)
+                if result is not None:
+                    setattr(vals[0], result, out)
+                return 0
+            except BaseException as e:
+                try:
+                    on_error(e)
+                except BaseException:
+                    pass
+                msg = _host_error_trap_message(e).encode("utf-8")
+                return trap_new(msg, len(msg)) or 0
+
+        cb = self._callback_type(callback)
+        ty = func_type(params, results)
+        fstruct = _ffi.wasmtime_func_t()
+        self._func_new_unchecked(
+            self._context(store),
+            ctypes.cast(ty.ptr(), c_void_p),
+            ctypes.cast(cb, c_void_p),
+            None,
+            None,
+            ctypes.addressof(fstruct),
+        )
+        func = wasmtime.Func._from_raw(fstruct)
+        # The C side holds a bare pointer to the thunk: keep it alive as
+        # long as the Func (and so the store that owns it) is referenced.
+        func._wasmgate_keep = (cb, ty, callback)  # type: ignore[attr-defined]
+        return func
+
+    def memory_span(self, store: wasmtime.Store, memory: wasmtime.Memory) -> tuple[int, int]:
+        ctx = self._context(store)
+        mref = ctypes.addressof(memory._memory)
+        return (self._memory_data(ctx, mref) or 0), self._memory_data_size(ctx, mref)
+
+
+def _setter(vals: Any, i: int, t: str) -> Callable[[int], None]:
+    v = vals[i]
+
+    def set_(a: int) -> None:
+        setattr(v, t, a)
+
+    return set_
+
+
+def read(base: int, size: int, ptr: int, length: int) -> bytes:
+    """Copy C{length} bytes at guest address C{ptr}, bounds-checked."""
+    ptr &= 0xFFFFFFFF
+    length &= 0xFFFFFFFF
+    if ptr + length > size:
+        raise IndexError("guest range %d+%d outside memory of %d bytes" % (ptr, length, size))
+    return ctypes.string_at(base + ptr, length) if length else b""
+
+
+def write(base: int, size: int, ptr: int, data: bytes) -> None:
+    """Copy C{data} to guest address C{ptr}, bounds-checked."""
+    ptr &= 0xFFFFFFFF
+    if ptr + len(data) > size:
+        raise IndexError("guest range %d+%d outside memory of %d bytes" % (ptr, len(data), size))
+    if data:
+        ctypes.memmove(base + ptr, data, len(data))
+
+
+_PROBE_WAT = r"""
+(module
+  (import "probe" "add" (func $add (param i32 i64) (result i64)))
+  (import "probe" "fail" (func $fail (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 8) "probe")
+  (func (export "run") (param i32 i32) (result i64)
+    (call $add (local.get 0) (i64.extend_i32_u (local.get 1))))
+  (func (export "boom") (param i32 i32) (result i32) unreachable)
+  (func (export "callfail") (param i32 i32) (result i32)
+    (call $fail (local.get 0)) (i32.const 7))
+)
+"""
+
+
+def _probe(path: Any, engine: wasmtime.Engine, with_fuel: bool) -> None:
+    """Raise if C{path} does not behave as the checked API does."""
+    store = wasmtime.Store(engine)
+    if with_fuel:
+        store.set_fuel(1_000_000)
+    store.set_epoch_deadline(1 << 40)
+    module = wasmtime.Module(engine, _PROBE_WAT)
+    cell = MemoryCell()
+    errors: list[BaseException] = []
+    seen: list[bytes] = []
+
+    def add(base: int, size: int, a: int, b: int) -> int:
+        seen.append(read(base, size, 8, 5))
+        return a + b
+
+    def fail(base: int, size: int, a: int) -> None:
+        raise KeyError(a)
+
+    add_f = path.host_func(store, ["i32", "i64"], ["i64"], add, cell, errors.append)
+    fail_f = path.host_func(store, ["i32"], [], fail, cell, errors.append)
+    inst = wasmtime.Instance(store, module, [add_f, fail_f])
+    exports = inst.exports(store)
+    cell.memory = exports["memory"]
+    run = path.export_caller(store, exports["run"], ["i32", "i32"], ["i64"])
+    if run(40, 2) != 42 or seen != [b"probe"]:
+        raise RuntimeError("raw call returned wrong values")
+    if run(-1, 1) != 0:  # i32 -1 + 1 as i64
+        raise RuntimeError("raw call mishandles signed values")
+    base, size = path.memory_span(store, cell.memory)
+    if size != 65536 or read(base, size, 8, 5) != b"probe":
+        raise RuntimeError("memory base/size mismatch")
+    boom = path.export_caller(store, exports["boom"], ["i32", "i32"], ["i32"])
+    try:
+        boom(0, 0)
+    except GuestTrap as e:
+        if e.code is not TrapCode.UNREACHABLE:
+            raise RuntimeError("trap code not reported: %r" % (e.code,))
+    else:
+        raise RuntimeError("trap not reported")
+    callfail = path.export_caller(store, exports["callfail"], ["i32", "i32"], ["i32"])
+    try:
+        callfail(5, 0)
+    except GuestTrap:
+        pass
+    else:
+        raise RuntimeError("host function error did not trap the guest")
+    if len(errors) != 1 or not isinstance(errors[0], KeyError):
+        raise RuntimeError("host function error not reported")
+    # The instance is still usable after traps.
+    if run(1, 2) != 3:
+        raise RuntimeError("instance unusable after a trap")
+
+
+def select(engine: wasmtime.Engine, *, with_fuel: bool, prefer_raw: bool = True) -> tuple[Any, str]:
+    """
+    The fastest call path that passes the self-check on C{engine}.
+
+    @return: C{(path, why)}; C{why} says why the raw path is not used
+        (empty when it is).
+    """
+    if prefer_raw:
+        try:
+            raw = RawPath()
+            _probe(raw, engine, with_fuel)
+            return raw, ""
+        except Exception as e:
+            why = "raw wasmtime path unavailable (%s: %s); using checked calls" % (type(e).__name__, e)
+    else:
+        why = "raw wasmtime path disabled"
+    checked = CheckedPath()
+    _probe(checked, engine, with_fuel)
+    return checked, why

@@ -1,0 +1,524 @@
+# -*- test-case-name: tests.test_wasm_filter -*-
+"""
+A loaded filter: one compiled module, its limits and per-thread instances.
+
+wasmtime stores are not thread-safe, so every filter-pool thread gets its own
+C{Store} + instance of each filter, built on first use from the shared
+compiled module. An instance that trapped, timed out, ran out of memory or
+whose host call failed is thrown away and rebuilt on next use (its memory
+may be half-updated); one that merely returned bad output is kept.
+
+Which ABI a module speaks is decided from its imports and exports (see
+L{FilterAbi}); the JSON ABI is in L{wasmgate.wasm.abi_json}, the http-wasm
+ABI plugs in as C{wasmgate.wasm.abi_httpwasm} exposing an C{ABI} class.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import Any, ClassVar, Optional, Protocol, Sequence, Union
+
+import wasmtime
+from twisted.logger import Logger
+
+from wasmgate.state import CounterStore, StateError
+from wasmgate.wasm import _raw
+from wasmgate.wasm.engine import WasmEngine
+from wasmgate.wasm.hostfuncs import GuestFault, HostEnv, HostFunc, TokenBucket, wasmgate_functions
+from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
+
+FAILURE_KINDS = ("trap", "timeout", "oom", "bad_output", "state", "load")
+
+_UNLIMITED_FUEL = 1 << 62
+
+
+class PluginLoadError(Exception):
+    """A plugin cannot be loaded; C{what} says why, for a human."""
+
+    def __init__(self, name: str, what: str) -> None:
+        super().__init__("plugin %r: %s" % (name, what))
+        self.name = name
+        self.what = what
+
+
+class FilterFailure(Exception):
+    """
+    One call of a filter failed.
+
+    @ivar kind: one of L{FAILURE_KINDS}.
+    """
+
+    def __init__(self, plugin: str, kind: str, message: str) -> None:
+        super().__init__("plugin %r failed (%s): %s" % (plugin, kind, message))
+        self.plugin = plugin
+        self.kind = kind
+        self.message = message
+
+
+class BadOutput(Exception):
+    """Raised by an ABI when the guest's output breaks the schema."""
+
+
+class InitRefused(Exception):
+    """Raised by an ABI when the guest refuses its configuration."""
+
+
+class FilterObserver(Protocol):
+    """Metrics hook; called on the filter thread."""
+
+    def plugin_called(self, plugin: str, seconds: float) -> None: ...
+
+    def plugin_failed(self, plugin: str, kind: str) -> None: ...
+
+
+class FilterAbi(Protocol):
+    """
+    How the host talks to one kind of guest. One object per L{WasmFilter};
+    per-instance data goes in C{ctx.abi_state}.
+    """
+
+    name: ClassVar[str]
+
+    @classmethod
+    def detect(cls, module: wasmtime.Module) -> bool:
+        """Whether C{module} looks like it speaks this ABI."""
+
+    @classmethod
+    def problems(cls, module: wasmtime.Module) -> list[str]:
+        """What is missing or mistyped for this ABI (empty: loadable)."""
+
+    @classmethod
+    def speaks_response(cls, module: wasmtime.Module) -> bool:
+        """Whether the module filters responses too."""
+
+    def host_functions(self) -> dict[tuple[str, str], HostFunc]:
+        """Imports this ABI provides on top of the C{wasmgate} module."""
+
+    def setup(self, ctx: "InstanceContext") -> None:
+        """Prepare a fresh instance (may raise L{InitRefused} or trap)."""
+
+    def handle_request(
+        self, ctx: "InstanceContext", req: FilterRequest, route_config: Optional[dict]
+    ) -> Union[Answer, Continue]:
+        """Run the request phase; may change C{req} in place when continuing."""
+
+    def handle_response(
+        self,
+        ctx: "InstanceContext",
+        req: FilterRequest,
+        resp: FilterResponse,
+        route_config: Optional[dict],
+    ) -> FilterResponse:
+        """Run the response phase."""
+
+
+def _abi_classes() -> list[Any]:
+    found = []
+    for name in ("wasmgate.wasm.abi_httpwasm", "wasmgate.wasm.abi_json"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        abi = getattr(mod, "ABI", None)
+        if abi is not None:
+            found.append(abi)
+    return found
+
+
+def select_abi(module: wasmtime.Module) -> Any:
+    """The ABI class for C{module}, or C{None} when none fits."""
+    for abi in _abi_classes():
+        if abi.detect(module):
+            return abi
+    return None
+
+
+def known_abis() -> list[str]:
+    return [a.name for a in _abi_classes()]
+
+
+class InstanceContext:
+    """One thread's store + instance of one filter."""
+
+    def __init__(self, filt: "WasmFilter", store: wasmtime.Store) -> None:
+        self.filter = filt
+        self.store = store
+        self.path = filt.engine.path
+        self.cell = _raw.MemoryCell()
+        self.instance: Optional[wasmtime.Instance] = None
+        self.exports: Any = None
+        self.memory: Optional[wasmtime.Memory] = None
+        self.host_funcs: list[wasmtime.Func] = []
+        self.host_error: Optional[BaseException] = None
+        self.abi_state: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.thread = threading.current_thread()
+        self.dead = False
+        self.mem_size = 0
+        self._callers: dict[str, Any] = {}
+
+    def record_host_error(self, exc: BaseException) -> None:
+        if self.host_error is None:
+            self.host_error = exc
+
+    def export(self, name: str) -> Any:
+        return self.exports.get(name) if self.exports is not None else None
+
+    def caller(self, name: str, params: Sequence[str], results: Sequence[str]) -> Any:
+        """A fast callable for export C{name} (cached per instance)."""
+        c = self._callers.get(name)
+        if c is None:
+            c = self._callers[name] = self.path.export_caller(
+                self.store, self.exports[name], params, results
+            )
+        return c
+
+    def span(self) -> tuple[int, int]:
+        """The memory's current base address and size (never cache these)."""
+        base, size = self.path.memory_span(self.store, self.memory)
+        self.mem_size = size
+        return base, size
+
+    def dispose(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self._callers.clear()
+        self.exports = self.instance = self.memory = None
+        self.cell.memory = None
+        store, self.store = self.store, None
+        if store is not None:
+            store.close()
+        # The thunks may go only after the store that points at them.
+        self.host_funcs = []
+        self.mem_size = 0
+
+
+class WasmFilter:
+    """
+    One plugin, ready to run in any filter-pool thread.
+
+    C{run_request} / C{run_response} block and raise L{FilterFailure};
+    L{wasmgate.wasm.chain.FilterChain} applies the failure policy.
+    Constructing a filter validates the module by building a throwaway
+    instance on the calling thread (raising L{PluginLoadError}) and starts
+    the engine's epoch ticker if it is not running.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        module: wasmtime.Module,
+        engine: WasmEngine,
+        timeout_ms: float = 50,
+        memory_limit_mb: float = 16,
+        failure_policy: str = "closed",
+        fuel: Optional[int] = None,
+        config: Optional[dict] = None,
+        include_body: bool = False,
+        state: Optional[CounterStore] = None,
+        log: Optional[Logger] = None,
+        observer: Optional[FilterObserver] = None,
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.engine = engine
+        self.timeout_ms = timeout_ms
+        self.memory_limit = int(memory_limit_mb * 1024 * 1024)
+        self.failure_policy = failure_policy
+        self.fuel = fuel
+        self.config = dict(config or {})
+        self.include_body = include_body
+        self.state = state
+        self.observer = observer
+        self.host_env = HostEnv(plugin=name, state=state, log=log)
+        self.log = self.host_env.log
+        self._failure_log = TokenBucket(rate=0.2, burst=3)
+        self._local = threading.local()
+        self._registry: set[InstanceContext] = set()
+        self._registry_lock = threading.Lock()
+        self._closed = False
+        self._ticks = engine.deadline_ticks(timeout_ms)
+        try:
+            self._validate_settings()
+            abi_class = select_abi(module)
+            if abi_class is None:
+                raise PluginLoadError(
+                    name,
+                    "speaks no known ABI (expected the wasmgate JSON ABI: exports memory, "
+                    "wasmgate_alloc, handle_request; known: %s)" % ", ".join(known_abis()),
+                )
+            self.abi = abi_class(self)
+            self.abi_name: str = abi_class.name
+            self.has_response_filter: bool = bool(abi_class.speaks_response(module))
+            problems = list(abi_class.problems(module))
+            self._hosts = dict(wasmgate_functions(self.host_env))
+            self._hosts.update(self.abi.host_functions())
+            problems += import_problems(module, self._hosts)
+            if problems:
+                raise PluginLoadError(name, "; ".join(problems))
+            engine.start()
+            ctx = self._build()
+            ctx.dispose()
+        except PluginLoadError:
+            if observer is not None:
+                observer.plugin_failed(name, "load")
+            raise
+
+    def _validate_settings(self) -> None:
+        if self.failure_policy not in ("closed", "open"):
+            raise PluginLoadError(self.name, "failure_policy must be 'closed' or 'open'")
+        if not self.timeout_ms > 0:
+            raise PluginLoadError(self.name, "timeout_ms must be positive")
+        if self.memory_limit < 65536:
+            raise PluginLoadError(self.name, "memory_limit_mb must allow at least one 64 KiB page")
+        if self.fuel is not None:
+            if self.fuel <= 0:
+                raise PluginLoadError(self.name, "fuel must be positive")
+            if not self.engine.fuel:
+                raise PluginLoadError(
+                    self.name, "a fuel limit needs the engine built with fuel=True"
+                )
+
+    # -- instances ---------------------------------------------------------
+
+    def _build(self) -> InstanceContext:
+        """A fresh instance on this thread; L{PluginLoadError} if impossible."""
+        store = wasmtime.Store(self.engine.engine)
+        store.set_limits(memory_size=self.memory_limit)
+        if self.engine.fuel:
+            store.set_fuel(self.fuel if self.fuel is not None else _UNLIMITED_FUEL)
+        store.set_epoch_deadline(self._ticks)
+        ctx = InstanceContext(self, store)
+        try:
+            for imp in self.module.imports:
+                spec = self._hosts[(imp.module, imp.name)]
+                fn = spec.make(ctx)
+                ctx.host_funcs.append(
+                    ctx.path.host_func(
+                        store, spec.params, spec.results, fn, ctx.cell, ctx.record_host_error
+                    )
+                )
+            try:
+                ctx.instance = wasmtime.Instance(store, self.module, ctx.host_funcs)
+            except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
+                raise PluginLoadError(self.name, "cannot instantiate: %s" % (_first_line(e),))
+            ctx.exports = ctx.instance.exports(store)
+            memory = ctx.exports.get("memory")
+            if not isinstance(memory, wasmtime.Memory):
+                raise PluginLoadError(self.name, "module does not export its memory as 'memory'")
+            ctx.memory = ctx.cell.memory = memory
+            ctx.span()
+            try:
+                self.abi.setup(ctx)
+            except InitRefused as e:
+                raise PluginLoadError(self.name, str(e))
+            except _raw.GuestTrap as e:
+                kind, msg = self._classify(ctx, e)
+                raise PluginLoadError(self.name, "initialisation failed (%s): %s" % (kind, msg))
+            except BadOutput as e:
+                raise PluginLoadError(self.name, "initialisation failed: %s" % (e,))
+        except BaseException:
+            ctx.dispose()
+            raise
+        return ctx
+
+    def _instance(self) -> InstanceContext:
+        ctx: Optional[InstanceContext] = getattr(self._local, "ctx", None)
+        if ctx is not None and not ctx.dead:
+            return ctx
+        if self._closed:
+            raise FilterFailure(self.name, "load", "filter is closed")
+        self._reap()
+        try:
+            ctx = self._build()
+        except PluginLoadError as e:
+            raise FilterFailure(self.name, "load", e.what) from None
+        self._local.ctx = ctx
+        with self._registry_lock:
+            self._registry.add(ctx)
+        if self._closed:  # closed while we were building
+            self._discard(ctx)
+            raise FilterFailure(self.name, "load", "filter is closed")
+        return ctx
+
+    def _discard(self, ctx: InstanceContext) -> None:
+        with self._registry_lock:
+            self._registry.discard(ctx)
+        ctx.dispose()
+        if getattr(self._local, "ctx", None) is ctx:
+            self._local.ctx = None
+
+    def _reap(self) -> None:
+        """Dispose of instances whose thread has exited."""
+        with self._registry_lock:
+            gone = [c for c in self._registry if not c.thread.is_alive()]
+            for c in gone:
+                self._registry.discard(c)
+        for c in gone:
+            with c.lock:
+                c.dispose()
+
+    def instance_count(self) -> int:
+        """Live instances (one per thread that has used this filter)."""
+        self._reap()
+        with self._registry_lock:
+            return len(self._registry)
+
+    def memory_bytes(self) -> int:
+        """Linear memory held by all instances, as of their last call."""
+        with self._registry_lock:
+            return sum(c.mem_size for c in self._registry)
+
+    def close(self) -> None:
+        """Drop every instance; later calls fail with kind C{load}."""
+        self._closed = True
+        with self._registry_lock:
+            ctxs = list(self._registry)
+            self._registry.clear()
+        for c in ctxs:
+            with c.lock:
+                c.dispose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- calls -------------------------------------------------------------
+
+    def run_request(
+        self, req: FilterRequest, *, route_config: Optional[dict] = None
+    ) -> Union[Answer, Continue]:
+        """Run the request phase on this thread (blocking)."""
+        return self._run(self.abi.handle_request, req, route_config)  # type: ignore[no-any-return]
+
+    def run_response(
+        self, req: FilterRequest, resp: FilterResponse, *, route_config: Optional[dict] = None
+    ) -> FilterResponse:
+        """Run the response phase on this thread (blocking)."""
+        if not self.has_response_filter:
+            return resp
+        return self._run(self.abi.handle_response, req, resp, route_config)  # type: ignore[no-any-return]
+
+    def _run(self, method: Any, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            ctx = self._instance()
+            with ctx.lock:
+                if ctx.dead:
+                    raise FilterFailure(self.name, "load", "filter is closed")
+                store = ctx.store
+                store.set_epoch_deadline(self._ticks)
+                if self.fuel is not None:
+                    store.set_fuel(self.fuel)
+                ctx.host_error = None
+                try:
+                    return method(ctx, *args)
+                except BadOutput as e:
+                    raise FilterFailure(self.name, "bad_output", str(e)) from None
+                except _raw.GuestTrap as e:
+                    kind, msg = self._classify(ctx, e)
+                    failure = FilterFailure(self.name, kind, msg)
+                except (GuestFault, StateError) as e:  # raised outside a guest call
+                    failure = FilterFailure(self.name, "state" if isinstance(e, StateError) else "trap", str(e))
+                except Exception:
+                    # A host-side bug: log it loudly, fail like a trap.
+                    self.log.failure("internal error running plugin {plugin}", plugin=self.name)
+                    failure = FilterFailure(self.name, "trap", "internal error in the host")
+            # Outside the lock: the instance is spent.
+            self._discard(ctx)
+            raise failure
+        except FilterFailure as f:
+            self._report_failure(f)
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer.plugin_called(self.name, time.perf_counter() - started)
+
+    def _classify(self, ctx: InstanceContext, trap: _raw.GuestTrap) -> tuple[str, str]:
+        host_error, ctx.host_error = ctx.host_error, None
+        if host_error is not None:
+            if isinstance(host_error, StateError):
+                return "state", str(host_error)
+            return "trap", "host function failed: %s" % (host_error,)
+        code = trap.code
+        if code is wasmtime.TrapCode.INTERRUPT:
+            return "timeout", "exceeded its %g ms time limit" % (self.timeout_ms,)
+        if code is wasmtime.TrapCode.OUT_OF_FUEL:
+            return "timeout", "ran out of fuel (%d)" % (self.fuel or 0,)
+        if code is wasmtime.TrapCode.ALLOCATION_TOO_LARGE or self._near_memory_cap(ctx):
+            return "oom", "hit its memory limit of %d MiB (%s)" % (
+                self.memory_limit // (1024 * 1024),
+                _first_line(trap),
+            )
+        return "trap", _first_line(trap)
+
+    def _near_memory_cap(self, ctx: InstanceContext) -> bool:
+        # wasmtime's store limiter makes memory.grow return -1 without a
+        # trace; a trap with memory this close to the cap is counted as oom.
+        try:
+            _, size = ctx.span()
+        except Exception:
+            return False
+        return size + max(65536, self.memory_limit // 16) > self.memory_limit
+
+    def _report_failure(self, f: FilterFailure) -> None:
+        if self.observer is not None:
+            self.observer.plugin_failed(self.name, f.kind)
+        allowed, refused = self._failure_log.take()
+        if allowed:
+            self.log.warn(
+                "plugin {plugin} failed ({kind}): {message}{suppressed}",
+                plugin=self.name,
+                kind=f.kind,
+                message=f.message,
+                suppressed=(" (%d similar failures not logged)" % refused) if refused else "",
+            )
+
+    def __repr__(self) -> str:
+        return "<WasmFilter %s abi=%s>" % (self.name, getattr(self, "abi_name", "?"))
+
+
+def _first_line(e: BaseException) -> str:
+    """The useful line of a wasmtime message (its cause, not the backtrace header)."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        rest = lines[lines.index("Caused by:") + 1 :]
+        if rest:
+            return rest[-1]
+    return lines[0]
+
+
+def import_problems(module: wasmtime.Module, hosts: dict[tuple[str, str], HostFunc]) -> list[str]:
+    """Imports of C{module} the host cannot satisfy, as messages."""
+    out = []
+    for imp in module.imports:
+        key = (imp.module, imp.name)
+        ty = imp.type
+        spec = hosts.get(key)
+        if spec is None:
+            out.append("imports %s.%s, which the host does not provide" % key)
+            continue
+        if not isinstance(ty, wasmtime.FuncType):
+            out.append("imports %s.%s as a non-function" % key)
+            continue
+        params = tuple(str(p) for p in ty.params)
+        results = tuple(str(r) for r in ty.results)
+        if (params, results) != (spec.params, spec.results):
+            out.append(
+                "imports %s.%s with type (%s) -> (%s), but the host provides (%s) -> (%s)"
+                % (
+                    key[0],
+                    key[1],
+                    ", ".join(params),
+                    ", ".join(results),
+                    ", ".join(spec.params),
+                    ", ".join(spec.results),
+                )
+            )
+    return out

@@ -1,0 +1,160 @@
+# -*- test-case-name: tests.test_gateway_filters -*-
+"""
+The gateway's wasm side, built from config: one engine, one counter store,
+plugins loaded into filters and filters into route chains.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping, Optional, Sequence
+
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from wasmgate.config import ConfigError, GatewayConfig, PluginConfig
+from wasmgate.state import CounterStore, MemoryCounterStore
+from wasmgate.wasm.chain import FilterChain
+from wasmgate.wasm.engine import WasmEngine
+from wasmgate.wasm.filter import PluginLoadError, WasmFilter
+
+log = Logger()
+
+
+class WasmRuntime:
+    """
+    Owns the L{WasmEngine} and the counter store for the process; loads
+    plugins (reusing unchanged ones across reloads) and builds chains.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        reactor: Any,
+        pool: ThreadPool,
+        observer: Any = None,
+        state: Optional[CounterStore] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.observer = observer
+        self.engine = WasmEngine(
+            tick_ms=config.filters.epoch_tick * 1000,
+            cache_dir=config.filters.cache_dir,
+            fuel=any(p.fuel for p in config.plugins),
+        )
+        self.state = state if state is not None else MemoryCounterStore(max_keys=config.state.max_keys)
+        self._sources: dict[WasmFilter, tuple[str, PluginConfig]] = {}
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    def load_filters(
+        self, config: GatewayConfig, *, previous: Mapping[str, WasmFilter] = {}
+    ) -> dict[str, WasmFilter]:
+        """
+        A filter per plugin of C{config}. A plugin whose file and settings
+        are unchanged keeps its previous filter (and warm instances).
+
+        @raise ConfigError: naming every plugin that failed to load and why.
+        """
+        filters: dict[str, WasmFilter] = {}
+        problems: list[str] = []
+        for i, plugin in enumerate(config.plugins):
+            try:
+                filters[plugin.name] = self._load(plugin, previous.get(plugin.name))
+            except PluginLoadError as e:
+                problems.append(f"plugins[{i}] ({plugin.name}): {e.what}")
+        if problems:
+            for f in filters.values():
+                if f not in previous.values():
+                    f.close()
+            raise ConfigError(config.source, problems)
+        return filters
+
+    def _load(self, plugin: PluginConfig, previous: Optional[WasmFilter]) -> WasmFilter:
+        data = read_plugin(plugin)
+        digest = hashlib.sha256(data).hexdigest()
+        if previous is not None and self._sources.get(previous) == (digest, plugin):
+            return previous
+        try:
+            module = self.engine.compile(data)
+        except Exception as e:  # wasmtime raises WasmtimeError for bad modules
+            raise PluginLoadError(plugin.name, f"not a valid wasm module: {_first_line(e)}") from None
+        wasm_filter = WasmFilter(
+            name=plugin.name,
+            module=module,
+            engine=self.engine,
+            timeout_ms=plugin.timeout_ms,
+            memory_limit_mb=plugin.memory_limit_mb,
+            failure_policy=plugin.failure_policy,
+            fuel=plugin.fuel,
+            config=dict(plugin.config),
+            include_body=plugin.include_body,
+            state=self.state,
+            observer=self.observer,
+        )
+        self._sources[wasm_filter] = (digest, plugin)
+        log.info(
+            "plugin {name} loaded ({abi} ABI, sha256 {digest})",
+            name=plugin.name, abi=wasm_filter.abi_name, digest=digest[:12],
+        )
+        return wasm_filter
+
+    def forget(self, wasm_filter: WasmFilter) -> None:
+        self._sources.pop(wasm_filter, None)
+
+    def make_chain(
+        self, filters: Sequence[WasmFilter], overrides: Mapping[str, Mapping[str, Any]]
+    ) -> FilterChain:
+        return FilterChain(
+            filters,
+            pool=self.pool,
+            reactor=self.reactor,
+            route_config={name: dict(value) for name, value in overrides.items()},
+        )
+
+
+def read_plugin(plugin: PluginConfig) -> bytes:
+    """
+    The module's bytes, checked against its C{sha256:} pin.
+
+    @raise PluginLoadError: unreadable, or not what the pin says.
+    """
+    if "://" in plugin.path:
+        raise PluginLoadError(plugin.name, f"fetching {plugin.path} is not supported yet")
+    try:
+        with open(plugin.path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PluginLoadError(plugin.name, f"cannot read {plugin.path}: {e.strerror}") from None
+    if plugin.sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != plugin.sha256:
+            raise PluginLoadError(
+                plugin.name,
+                f"{plugin.path} has sha256 {digest}, but the config pins {plugin.sha256}",
+            )
+    return data
+
+
+def check_plugins(config: GatewayConfig) -> list[str]:
+    """For C{wasmgate check}: load every plugin once, report what fails."""
+    runtime = WasmRuntime(config, reactor=None, pool=ThreadPool(maxthreads=1))
+    try:
+        filters = runtime.load_filters(config)
+    except ConfigError as e:
+        return [p.split(": ", 1)[1] for p in e.problems]
+    finally:
+        runtime.stop()
+    for f in filters.values():
+        f.close()
+    return []
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
