@@ -121,6 +121,13 @@ def test_example_serves_and_stops_on_sigterm(tmp_path):
         body = _wait_for("http://127.0.0.1:8080/hello?x=1", time.monotonic() + 30)
         echo = json.loads(body)
         assert echo["uri"] == "/hello?x=1"
+        request = urllib.request.Request(
+            "http://127.0.0.1:8080/hello", headers={"Authorization": "Bearer secret"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            redacted = json.loads(response.read())
+            assert response.headers["RateLimit-Policy"]
+        assert redacted["headers"]["authorization"] == ["REDACTED"]
         assert echo["headers"]["x-forwarded-for"] == ["127.0.0.1"]
         assert _wait_for("http://127.0.0.1:9090/healthz", time.monotonic() + 5) == b"ok\n"
         gateway.send_signal(signal.SIGTERM)
@@ -133,3 +140,33 @@ def test_example_serves_and_stops_on_sigterm(tmp_path):
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_check_names_a_broken_plugin(tmp_path):
+    import wasmtime
+
+    from tests import wasm_guests
+
+    (tmp_path / "bad.wasm").write_bytes(wasmtime.wat2wasm(wasm_guests.MISSING_HANDLE_REQUEST))
+    (tmp_path / "not.wasm").write_bytes(b"this is not wasm")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "plugins:\n  - {name: bad, path: bad.wasm}\n  - {name: junk, path: not.wasm}\n"
+        "routes: [{match: {path_prefix: /}, upstream: u, filters: [bad, junk]}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
+    )
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 1
+    assert f"{path}: plugins[0] (bad): " in check.stderr
+    assert "handle_request" in check.stderr
+    assert f"{path}: plugins[1] (junk): not a valid wasm module" in check.stderr
+    twistd = run(TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(path))
+    assert twistd.returncode != 0
+    assert "plugins[0] (bad)" in twistd.stderr and "Traceback" not in twistd.stderr
+
+
+def test_plugin_inspect():
+    result = run(WASMGATE, "plugin", "inspect", str(ROOT / "plugins" / "pii_redactor.wasm"))
+    assert result.returncode == 0, result.stdout
+    assert "ABI:      json" in result.stdout
+    assert "handle_response" in result.stdout

@@ -5,6 +5,7 @@ pool, epoch ticker; reload swaps generations; stop drains.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 from twisted.application import service, strports
@@ -17,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 from wasmgate.generation import Generation, build_generation
 from wasmgate.metrics import GatewayMetrics
+from wasmgate.systemd import Notifier
 from wasmgate.tls import CertificateError, CertificateSpec, CertificateStore, TLSMetrics, tls_endpoint
 from wasmgate.proxy import ProxyResource
 from wasmgate.site import GatewaySite, QuietSite
@@ -44,9 +46,12 @@ class GatewayService(service.MultiService):
     The whole gateway. C{generation} is the live one; L{reload} replaces it.
     """
 
-    def __init__(self, config: GatewayConfig, *, reactor: Any) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, reactor: Any, notifier: Optional[Notifier] = None
+    ) -> None:
         super().__init__()
         self.reactor = reactor
+        self.notifier = notifier if notifier is not None else Notifier(environ={})
         self.config = config
         self.filter_pool = ThreadPool(
             minthreads=0, maxthreads=config.filters.threads, name="wasmgate-filters"
@@ -54,6 +59,10 @@ class GatewayService(service.MultiService):
         self.cooperator = task.Cooperator(scheduler=lambda x: reactor.callLater(0, x))
         self._wasm: Optional[Any] = None
         self._generations = 0
+        self._plugin_watch = task.LoopingCall(self._check_plugins)
+        self._plugin_watch.clock = reactor
+        self._plugin_stamps: dict[str, tuple[float, int]] = {}
+        self._reloading: Optional[defer.Deferred[Any]] = None
         self.metrics = GatewayMetrics(generation=lambda: self.generation)
         self.generation = self._build(config)
         self.metrics.config_generation.set(self.generation.number)
@@ -136,6 +145,35 @@ class GatewayService(service.MultiService):
             name=upstream.name,
         )
 
+    def _plugin_watch_interval(self) -> float:
+        intervals = [p.reload_interval for p in self.config.plugins if p.reload_interval]
+        return min(intervals, default=1.0)
+
+    def _check_plugins(self) -> None:
+        """
+        Reload when a watched plugin file changed (mtime or size, then the
+        sha256 decides: the runtime reuses filters whose bytes are the same).
+        """
+        if self._reloading is not None:
+            return
+        changed = False
+        for plugin in self.config.plugins:
+            if not plugin.reload_interval or "://" in plugin.path:
+                continue
+            try:
+                st = os.stat(plugin.path)
+            except OSError:
+                continue
+            stamp = (st.st_mtime, st.st_size)
+            if self._plugin_stamps.setdefault(plugin.name, stamp) != stamp:
+                self._plugin_stamps[plugin.name] = stamp
+                changed = True
+        if changed:
+            log.info("a plugin file changed: reloading")
+            self._reloading = self.reload()
+            self._reloading.addErrback(lambda f: None)
+            self._reloading.addBoth(lambda _: setattr(self, "_reloading", None))
+
     def readiness_problems(self) -> list[str]:
         """Why the gateway should not get traffic now (empty: ready)."""
         problems = []
@@ -154,9 +192,20 @@ class GatewayService(service.MultiService):
         if self.certificates is not None:
             self.certificates.start_watching(self.reactor, self.config.server.tls.watch_interval)
         super().startService()
+        self._plugin_watch.start(self._plugin_watch_interval(), now=True)
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        waiting = [l._waitingForPort for l in self.listeners if l._waitingForPort is not None]
+        d = defer.gatherResults(waiting, consumeErrors=True)
+        d.addCallback(lambda _: self.notifier.ready(f"generation {self.generation.number}"))
+        d.addErrback(lambda f: log.failure("a listener failed to start", f))
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        self.notifier.stopping()
+        if self._plugin_watch.running:
+            self._plugin_watch.stop()
         # Stop accepting first, then let running requests finish.
         for listener in self.listeners:
             yield listener.stopService()
@@ -187,6 +236,15 @@ class GatewayService(service.MultiService):
         keep the current one. Fires with the new generation number.
         """
         path = self.config.source
+        self.notifier.reloading()
+        try:
+            number = yield self._reload(path)
+        finally:
+            self.notifier.ready(f"generation {self.generation.number}")
+        return number
+
+    @defer.inlineCallbacks
+    def _reload(self, path: str) -> Any:
         if self.certificates is not None:
             self.certificates.reload()  # problems are logged, old pairs kept
         try:
@@ -219,7 +277,9 @@ def _certificate_store(config: GatewayConfig, metrics: GatewayMetrics) -> Certif
         raise ConfigError(config.source, [f"server.tls: {p}" for p in e.problems]) from None
 
 
-def make_service(config_path: str, *, reactor: Any = None) -> GatewayService:
+def make_service(
+    config_path: str, *, reactor: Any = None, notifier: Optional[Notifier] = None
+) -> GatewayService:
     """
     The service twistd runs.
 
@@ -228,4 +288,4 @@ def make_service(config_path: str, *, reactor: Any = None) -> GatewayService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     config = load_config(config_path)
-    return GatewayService(config, reactor=reactor)
+    return GatewayService(config, reactor=reactor, notifier=notifier)

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from wasmgate.config import ConfigError
 from wasmgate.service import GatewayService, make_service
+from wasmgate.systemd import Notifier
 
 log = Logger()
 
@@ -57,7 +58,7 @@ def make_twistd_service(config_path: str) -> service.IService:
     from twisted.internet import reactor
 
     try:
-        gateway = make_service(config_path, reactor=reactor)
+        gateway = make_service(config_path, reactor=reactor, notifier=Notifier())
     except ConfigError as e:
         sys.stderr.write(f"wasmgate: refusing to start, the configuration has errors:\n{e}\n")
         sys.stderr.flush()

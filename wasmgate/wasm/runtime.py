@@ -143,7 +143,7 @@ def read_plugin(plugin: PluginConfig) -> bytes:
 
 def check_plugins(config: GatewayConfig) -> list[str]:
     """For C{wasmgate check}: load every plugin once, report what fails."""
-    runtime = WasmRuntime(config, reactor=None, pool=ThreadPool(maxthreads=1))
+    runtime = WasmRuntime(config, reactor=None, pool=ThreadPool(minthreads=0, maxthreads=1))
     try:
         filters = runtime.load_filters(config)
     except ConfigError as e:

@@ -1,0 +1,253 @@
+"""
+Operating the gateway: metrics, hot reload under load, plugin file
+watching, graceful shutdown and systemd notifications.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest_twisted
+import wasmtime
+from twisted.internet import defer, reactor, task, threads
+
+from tests import wasm_guests as guests
+from tests.conftest import gateway_yaml
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+async def _get(http, url, method="GET", **kwargs):
+    response = await http.request(method, url, **kwargs)
+    return response, await response.content()
+
+
+async def _sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_normalise_paths_and_count(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    for path in ("/users/123", "/users/456", "/users/6f1c2f9e-3c0b-4e0e-9d43-0b6f0c1d2e3f/orders"):
+        await _get(http, gw.url + path)
+    _, body = await _get(http, gw.admin_url + "/metrics")
+    text = body.decode()
+    assert 'http_requests_total{method="GET",path="/users/{id}",route="all",status="200"} 2.0' in text
+    assert 'path="/users/{id}/orders"' in text
+    assert "/users/123" not in text and "/users/456" not in text
+    assert 'http_request_duration_seconds_count{method="GET",path="/users/{id}",route="all"} 2.0' in text
+    assert f'wasmgate_upstream_healthy{{target="{upstream.url}",upstream="backend"}} 1.0' in text
+    assert "wasmgate_config_generation 1.0" in text
+    response, body = await _get(http, gw.admin_url + "/readyz")
+    assert (response.code, body) == (200, b"ready\n")
+
+
+class _Load:
+    """Clients sending requests back to back until stopped; counts failures."""
+
+    def __init__(self, http, url: str, clients: int = 4) -> None:
+        self.http, self.url = http, url
+        self.sent = 0
+        self.failures: list[str] = []
+        self.running = True
+        self.done = defer.gatherResults([defer.ensureDeferred(self._loop()) for _ in range(clients)])
+
+    async def _loop(self) -> None:
+        while self.running:
+            try:
+                response, _ = await _get(self.http, self.url)
+                if response.code != 200:
+                    self.failures.append(str(response.code))
+            except Exception as e:  # any failure counts
+                self.failures.append(repr(e))
+            self.sent += 1
+
+    async def stop(self) -> None:
+        self.running = False
+        await self.done
+
+
+def _wasm(tmp_path: Path, name: str, wat: str) -> Path:
+    path = tmp_path / f"{name}.wasm"
+    path.write_bytes(wasmtime.wat2wasm(wat))
+    return path
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_under_load(tmp_path, upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    load = _Load(http, gw.url + "/echo")
+    await _sleep(0.2)
+    rewrite = _wasm(tmp_path, "rewrite", guests.HEADER_REWRITE)
+    new = Path(gw.path).read_text().replace(
+        "routes:\n",
+        f"plugins:\n  - {{name: rewrite, path: {rewrite}}}\n"
+        "routes:\n  - {name: new, match: {path_prefix: /new}, filters: [rewrite], upstream: backend}\n",
+    )
+    Path(gw.path).write_text(new)
+    started = time.monotonic()
+    number = await gw.service.reload()
+    latency = time.monotonic() - started
+    print(f"reload latency: {latency * 1000:.1f} ms")
+    assert number == 2
+    response, body = await _get(http, gw.url + "/new/x")
+    assert response.code == 200
+    assert json.loads(body)["headers"]["x-added"] == ["yes"]
+    # A broken config on reload: the old one keeps serving.
+    Path(gw.path).write_text(new.replace("upstream: backend", "upstream: nowhere"))
+    try:
+        await gw.service.reload()
+    except Exception as e:
+        assert "routes[0].upstream: no upstream named 'nowhere'" in str(e)
+    else:
+        raise AssertionError("a broken config was accepted")
+    response, _ = await _get(http, gw.url + "/new/x")
+    assert response.code == 200
+    await _sleep(0.2)
+    await load.stop()
+    assert load.sent > 20
+    assert load.failures == []
+    _, metrics = await _get(http, gw.admin_url + "/metrics")
+    text = metrics.decode()
+    assert 'wasmgate_reloads_total{result="ok"} 1.0' in text
+    assert 'wasmgate_reloads_total{result="error"} 1.0' in text
+    assert "wasmgate_config_generation 2.0" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_through_the_admin_port(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    response, body = await _get(http, gw.admin_url + "/reload", method="POST")
+    assert (response.code, body) == (200, b"generation 2\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugin_file_replaced_is_picked_up(tmp_path, upstream, start_gateway, http):
+    plugin = _wasm(tmp_path, "live", guests.PASS_THROUGH)
+    text = gateway_yaml(upstream.url, routes="""
+  - {name: all, match: {path_prefix: /}, filters: [live], upstream: backend}
+""").replace("routes:\n", f"plugins:\n  - {{name: live, path: {plugin}, reload_interval: 200ms}}\nroutes:\n")
+    gw = start_gateway(text)
+    load = _Load(http, gw.url + "/echo")
+    response, _ = await _get(http, gw.url + "/echo")
+    assert response.code == 200
+    staged = tmp_path / "staged.wasm"
+    staged.write_bytes(wasmtime.wat2wasm(guests.BLOCK_403))
+    os.replace(staged, plugin)  # as deploy tools do: atomic rename
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        response, _ = await _get(http, gw.url + "/echo")
+        if response.code == 403:
+            break
+        await _sleep(0.05)
+    await load.stop()
+    assert response.code == 403
+    assert set(load.failures) <= {"403"}  # the new behaviour, never an error
+    assert gw.service.generation.number == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_twistd(tmp_path: Path, upstream_url: str, env: dict | None = None):
+    port = _free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""
+server:
+  listen: "tcp:{port}:interface=127.0.0.1"
+  shutdown_timeout: 10s
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+routes:
+  - {{match: {{path_prefix: /}}, upstream: backend}}
+upstreams:
+  backend: {{targets: ["{upstream_url}"]}}
+""")
+    process = subprocess.Popen(
+        [TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=tmp_path,
+    )
+    return process, port, config
+
+
+async def _wait_listening(port: int, process) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert process.poll() is None, process.stdout.read().decode()
+        assert time.monotonic() < deadline
+        await _sleep(0.1)
+
+
+def _blocking_get(port: int, path: str) -> tuple[int, bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_drains_in_flight_requests(tmp_path, upstream):
+    process, port, _ = _start_twistd(tmp_path, upstream.url)
+    try:
+        await _wait_listening(port, process)
+        slow = threads.deferToThread(_blocking_get, port, "/slow?delay=1.5")
+        await _sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        await _sleep(0.3)
+        # No new connections meanwhile.
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
+        status, body = await slow
+        assert (status, body) == (200, b"slow")
+        code = await threads.deferToThread(process.wait, 20)
+        output = process.stdout.read().decode()
+        assert code == 0, output
+        assert "draining 1 request(s)" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sd_notify_ready_reloading_stopping(tmp_path, upstream):
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(20)
+    process, port, _ = _start_twistd(tmp_path, upstream.url, env={"NOTIFY_SOCKET": address})
+    try:
+        first = (await threads.deferToThread(listener.recv, 4096)).decode()
+        assert first.startswith("READY=1")
+        # Ready means ready: the port accepts connections now.
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) == 0
+        process.send_signal(signal.SIGHUP)
+        assert (await threads.deferToThread(listener.recv, 4096)).decode() == "RELOADING=1"
+        assert (await threads.deferToThread(listener.recv, 4096)).decode().startswith("READY=1")
+        process.send_signal(signal.SIGTERM)
+        assert (await threads.deferToThread(listener.recv, 4096)).decode() == "STOPPING=1"
+        assert await threads.deferToThread(process.wait, 20) == 0
+    finally:
+        listener.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
