@@ -340,3 +340,28 @@ async def test_no_route_is_404(upstream, start_gateway, http):
     response = await http.get(gw.url + "/elsewhere")
     assert response.code == 404
     await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_keeps_the_upstream_content_length(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    response = await http.head(gw.url + "/stream?size=12345")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-length") == ["12345"]
+    assert await response.content() == b""
+    # The connection is still good for the next request.
+    response = await http.get(gw.url + "/echo")
+    assert response.code == 200
+    await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_content_and_not_modified(upstream, start_gateway, http):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    for code in (204, 304):
+        response = await http.get(gw.url + f"/status/{code}")
+        assert response.code == code
+        assert await response.content() == b""
+    response = await http.get(gw.url + "/status/503")
+    assert response.code == 503  # upstream errors pass through as they are
+    assert await response.content() == b"status 503"

@@ -334,8 +334,15 @@ class _Exchange:
         return None
 
     def _set_length(self, response: IResponse) -> None:
-        """Keep the upstream's Content-Length (Twisted's client hides it)."""
-        if response.length is not UNKNOWN_LENGTH and self.request.method != b"HEAD":
+        """
+        Keep the upstream's Content-Length: Twisted's client hides it in
+        C{response.length}, except for HEAD where it stays a header.
+        """
+        if self.request.method == b"HEAD":
+            lengths = response.headers.getRawHeaders(b"content-length")
+            if lengths:
+                self.request.responseHeaders.setRawHeaders(b"content-length", lengths[:1])
+        elif response.length is not UNKNOWN_LENGTH:
             self.request.responseHeaders.setRawHeaders(
                 b"content-length", [b"%d" % (response.length,)]
             )

@@ -13,10 +13,18 @@ answers are short plain-text bodies naming nothing internal.
 
 Response filters run in reverse order (the last request filter sees the
 response first), the usual "onion" order of middleware.
+
+Filters whose ABI pins an instance to a request (http-wasm) must see their
+response phase or be released: when a later filter answers in the request
+phase, the pinned filters before it get that answer as their response in the
+same hop; when a filter fails, or the proxy never runs the response phase
+(client gone, upstream error), L{FilterChain.release} ends their pins.
 """
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from typing import Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
@@ -75,6 +83,45 @@ class FilterChain:
         self.wants_body = any(f.include_body for f in self.filters)
         """Some filter wants request/response bodies (buffered, bounded)."""
         self.has_response_filters = bool(self.response_filters)
+        self._pinning = tuple(f for f in self.filters if getattr(f, "pins_instances", False))
+        self._released: dict[int, "weakref.ref[FilterRequest]"] = {}
+        self._released_lock = threading.RLock()
+
+    def release(self, req: FilterRequest) -> "Deferred[None]":
+        """
+        The proxy is done with C{req}: call it once when the request ends,
+        whatever happened (answered, response phase run, upstream error,
+        client gone). Instances still pinned to C{req} run their guest's
+        C{handle_response(ctx, is_error=1)} in the filter pool and go back
+        to their pools; a request phase still running when this is called
+        releases its pins itself when it ends. No thread hop (and an
+        already-fired Deferred) when nothing is pinned, so it is cheap to
+        call always.
+        """
+        if not self._pinning:
+            return succeed(None)
+        key = id(req)
+        with self._released_lock:
+            if key not in self._released:
+                self._released[key] = weakref.ref(req, lambda r, key=key: self._forget(key, r))
+        if not any(f.holds(req) for f in self._pinning):
+            return succeed(None)
+        return deferToThreadPool(self._reactor, self._pool, self.release_sync, req)
+
+    def release_sync(self, req: FilterRequest) -> None:
+        """L{release}'s work, blocking, on the calling (filter) thread."""
+        for f in reversed(self._pinning):
+            f.release(req)
+
+    def _forget(self, key: int, ref: object) -> None:
+        with self._released_lock:
+            if self._released.get(key) is ref:
+                del self._released[key]
+
+    def _was_released(self, req: FilterRequest) -> bool:
+        with self._released_lock:
+            ref = self._released.get(id(req))
+            return ref is not None and ref() is req
 
     def run_request(self, req: FilterRequest) -> "Deferred[tuple[ChainOutcome, list[FilterDecision]]]":
         """Run the request phase; fires with the outcome and the decisions."""
@@ -92,6 +139,14 @@ class FilterChain:
 
     def request_sync(self, req: FilterRequest) -> tuple[ChainOutcome, list[FilterDecision]]:
         """The request phase, blocking, on the calling thread."""
+        if not self._pinning:
+            return self._request_phase(req)
+        outcome, decisions = self._request_phase(req)
+        if self._was_released(req):  # the proxy gave up on it meanwhile
+            self.release_sync(req)
+        return outcome, decisions
+
+    def _request_phase(self, req: FilterRequest) -> tuple[ChainOutcome, list[FilterDecision]]:
         decisions: list[FilterDecision] = []
         response_headers: Headers = []
         for f in self.filters:
@@ -105,11 +160,15 @@ class FilterChain:
                     decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
                     continue
                 decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
+                if self._pinning:
+                    self.release_sync(req)
                 return error_answer(status, f.name), decisions
             seconds = time.perf_counter() - started
             if isinstance(result, Answer):
                 decisions.append(FilterDecision(f.name, "answer", seconds))
                 result.plugin = result.plugin or f.name
+                if self._pinning:
+                    result = self._unwind(req, result, decisions)
                 return result, decisions
             decisions.append(FilterDecision(f.name, "continue", seconds))
             req = result.request
@@ -132,7 +191,36 @@ class FilterChain:
                     decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
                     continue
                 decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
+                if self._pinning:
+                    self.release_sync(req)
                 a = error_answer(status, f.name)
                 return FilterResponse(status=a.status, headers=a.headers, body=a.body), decisions
             decisions.append(FilterDecision(f.name, "continue", time.perf_counter() - started))
         return resp, decisions
+
+    def _unwind(self, req: FilterRequest, answer: Answer, decisions: list[FilterDecision]) -> Answer:
+        """
+        A filter answered after pinned filters passed the request on: for
+        them that answer is what "the next handler" produced, so they get it
+        as their response phase (innermost first), as an onion would.
+        """
+        pinned = [f for f in reversed(self._pinning) if f.holds(req)]
+        if not pinned:
+            return answer
+        resp = FilterResponse(status=answer.status, headers=list(answer.headers), body=answer.body)
+        for f in pinned:
+            started = time.perf_counter()
+            try:
+                resp = f.run_response(req, resp, route_config=self._route_config.get(f.name))
+            except FilterFailure as e:
+                seconds = time.perf_counter() - started
+                status = failure_status(e.kind, f.failure_policy)
+                if status is None:
+                    decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
+                    continue
+                decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
+                self.release_sync(req)
+                return error_answer(status, f.name)
+        return Answer(
+            status=resp.status, headers=resp.headers, body=resp.body or b"", plugin=answer.plugin
+        )

@@ -11,12 +11,21 @@ may be half-updated); one that merely returned bad output is kept.
 Which ABI a module speaks is decided from its imports and exports (see
 L{FilterAbi}); the JSON ABI is in L{wasmgate.wasm.abi_json}, the http-wasm
 ABI plugs in as C{wasmgate.wasm.abi_httpwasm} exposing an C{ABI} class.
+
+An ABI whose class sets C{pins_instances = True} (http-wasm: guests keep a
+request's state in globals from C{handle_request} to C{handle_response})
+does not use per-thread instances: each request checks an instance out of
+the filter's pool for its request phase and, when the ABI says the guest
+wants its response phase, keeps it pinned to that L{FilterRequest} until
+L{WasmFilter.run_response} or L{WasmFilter.release} (on whichever pool
+thread; a Store is used by one thread at a time, never concurrently).
 """
 from __future__ import annotations
 
 import importlib
 import threading
 import time
+import weakref
 from typing import Any, ClassVar, Optional, Protocol, Sequence, Union
 
 import wasmtime
@@ -154,6 +163,8 @@ class InstanceContext:
         self.abi_state: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.thread = threading.current_thread()
+        self.pooled = False
+        """Checked out per request (not owned by C{thread})."""
         self.dead = False
         self.mem_size = 0
         self._callers: dict[str, Any] = {}
@@ -238,8 +249,14 @@ class WasmFilter:
         self._failure_log = TokenBucket(rate=0.2, burst=3)
         self._local = threading.local()
         self._registry: set[InstanceContext] = set()
-        self._registry_lock = threading.Lock()
+        # Re-entrant: a pin's weakref callback may run (from the garbage
+        # collector) on a thread that holds it.
+        self._registry_lock = threading.RLock()
         self._closed = False
+        self.pins_instances = False
+        self._idle: list[InstanceContext] = []
+        self._pins: dict[int, tuple["weakref.ref[FilterRequest]", InstanceContext]] = {}
+        self._pool_lock = threading.RLock()
         self._ticks = engine.deadline_ticks(timeout_ms)
         try:
             self._validate_settings()
@@ -252,6 +269,7 @@ class WasmFilter:
                 )
             self.abi = abi_class(self)
             self.abi_name: str = abi_class.name
+            self.pins_instances = bool(getattr(abi_class, "pins_instances", False))
             self.has_response_filter: bool = bool(abi_class.speaks_response(module))
             problems = list(abi_class.problems(module))
             self._hosts = dict(wasmgate_functions(self.host_env))
@@ -354,7 +372,7 @@ class WasmFilter:
     def _reap(self) -> None:
         """Dispose of instances whose thread has exited."""
         with self._registry_lock:
-            gone = [c for c in self._registry if not c.thread.is_alive()]
+            gone = [c for c in self._registry if not c.pooled and not c.thread.is_alive()]
             for c in gone:
                 self._registry.discard(c)
         for c in gone:
@@ -375,6 +393,9 @@ class WasmFilter:
     def close(self) -> None:
         """Drop every instance; later calls fail with kind C{load}."""
         self._closed = True
+        with self._pool_lock:
+            self._idle.clear()
+            self._pins.clear()
         with self._registry_lock:
             ctxs = list(self._registry)
             self._registry.clear()
@@ -392,20 +413,158 @@ class WasmFilter:
         self, req: FilterRequest, *, route_config: Optional[dict] = None
     ) -> Union[Answer, Continue]:
         """Run the request phase on this thread (blocking)."""
-        return self._run(self.abi.handle_request, req, route_config)  # type: ignore[no-any-return]
+        if self.pins_instances:
+            return self._run_pinned_request(req, route_config)
+        return self._run(self._instance, self.abi.handle_request, req, route_config)  # type: ignore[no-any-return]
 
     def run_response(
         self, req: FilterRequest, resp: FilterResponse, *, route_config: Optional[dict] = None
     ) -> FilterResponse:
-        """Run the response phase on this thread (blocking)."""
+        """
+        Run the response phase on this thread (blocking).
+
+        For a pinning ABI this runs on the instance pinned to C{req} by its
+        request phase and then returns it to the pool; with no pin (the
+        guest answered, was skipped, or never ran) C{resp} is returned as is.
+        """
         if not self.has_response_filter:
             return resp
-        return self._run(self.abi.handle_response, req, resp, route_config)  # type: ignore[no-any-return]
+        if self.pins_instances:
+            ctx = self._unpin(req)
+            if ctx is None:
+                return resp
+            try:
+                return self._run(  # type: ignore[no-any-return]
+                    lambda: ctx, self.abi.handle_response, req, resp, route_config
+                )
+            finally:
+                self._checkin(ctx)
+        return self._run(self._instance, self.abi.handle_response, req, resp, route_config)  # type: ignore[no-any-return]
 
-    def _run(self, method: Any, *args: Any) -> Any:
+    # -- instances pinned to a request (pins_instances ABIs) ---------------
+
+    def holds(self, req: FilterRequest) -> bool:
+        """Whether an instance is pinned to C{req} (cheap; any thread)."""
+        if not self._pins:
+            return False
+        entry = self._pins.get(id(req))
+        return entry is not None and entry[0]() is req
+
+    def release(self, req: FilterRequest) -> bool:
+        """
+        End C{req}'s pin without a response phase (blocking; filter thread).
+
+        The guest's C{handle_response} runs with C{is_error=1} so it can
+        clean up, then the instance goes back to the pool. A failure there
+        is counted and logged like any other (nothing is left to answer).
+        Idempotent: C{False} when nothing was pinned to C{req}.
+        """
+        ctx = self._unpin(req)
+        if ctx is None:
+            return False
+        try:
+            self._run(lambda: ctx, self.abi.abandon, req)
+        except FilterFailure:
+            pass
+        finally:
+            self._checkin(ctx)
+        return True
+
+    def _run_pinned_request(
+        self, req: FilterRequest, route_config: Optional[dict]
+    ) -> Union[Answer, Continue]:
+        held: list[InstanceContext] = []
+
+        def acquire() -> InstanceContext:
+            ctx = self._checkout()
+            held.append(ctx)
+            return ctx
+
+        try:
+            result = self._run(acquire, self.abi.handle_request, req, route_config)
+        except FilterFailure:
+            if held:
+                self._checkin(held[0])
+            raise
+        ctx = held[0]
+        if self.abi.wants_response(ctx):
+            self._pin(req, ctx)
+        else:
+            self._checkin(ctx)
+        return result  # type: ignore[no-any-return]
+
+    def _checkout(self) -> InstanceContext:
+        with self._pool_lock:
+            while self._idle:
+                ctx = self._idle.pop()
+                if not ctx.dead:
+                    return ctx
+        if self._closed:
+            raise FilterFailure(self.name, "load", "filter is closed")
+        try:
+            ctx = self._build()
+        except PluginLoadError as e:
+            raise FilterFailure(self.name, "load", e.what) from None
+        ctx.pooled = True
+        with self._registry_lock:
+            self._registry.add(ctx)
+        if self._closed:
+            self._discard(ctx)
+            raise FilterFailure(self.name, "load", "filter is closed")
+        return ctx
+
+    def _checkin(self, ctx: InstanceContext) -> None:
+        """Back to the idle pool (a dead one is dropped; the pool is capped)."""
+        if ctx.dead:
+            return
+        with self._pool_lock:
+            if not self._closed and len(self._idle) < self.max_idle:
+                self._idle.append(ctx)
+                return
+        self._discard(ctx)
+
+    max_idle = 16
+    """Idle pooled instances kept for reuse (more are built under load and
+    disposed of when they come back)."""
+
+    def _pin(self, req: FilterRequest, ctx: InstanceContext) -> None:
+        key = id(req)
+        # The weak reference's callback is the safety net for a request
+        # that is never released: its instance is disposed of (no guest
+        # call: it may run on any thread, the reactor's included).
+        ref = weakref.ref(req, lambda r, key=key: self._pin_lost(key, r))
+        with self._pool_lock:
+            self._pins[key] = (ref, ctx)
+
+    def _unpin(self, req: FilterRequest) -> Optional[InstanceContext]:
+        key = id(req)
+        with self._pool_lock:
+            entry = self._pins.get(key)
+            if entry is None or entry[0]() is not req:
+                return None
+            del self._pins[key]
+        return entry[1]
+
+    def _pin_lost(self, key: int, ref: Any) -> None:
+        with self._pool_lock:
+            entry = self._pins.get(key)
+            if entry is None or entry[0] is not ref:
+                return
+            del self._pins[key]
+        ctx = entry[1]
+        with self._registry_lock:
+            self._registry.discard(ctx)
+        with ctx.lock:
+            ctx.dispose()
+
+    def pinned_count(self) -> int:
+        """Instances pinned to requests right now."""
+        return len(self._pins)
+
+    def _run(self, acquire: Any, method: Any, *args: Any) -> Any:
         started = time.perf_counter()
         try:
-            ctx = self._instance()
+            ctx = acquire()
             with ctx.lock:
                 if ctx.dead:
                     raise FilterFailure(self.name, "load", "filter is closed")
