@@ -4,6 +4,7 @@ on ports the OS picks.
 """
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from typing import Any, Callable, Iterator
@@ -83,8 +84,14 @@ def start_gateway(tmp_path: Any) -> Iterator[Callable[[str], RunningGateway]]:
             pytest_twisted.blockon(service.stopService())
 
 
-def gateway_yaml(upstream_url: str, extra: str = "", routes: str = "", server: str = "") -> str:
-    """A minimal config in front of C{upstream_url}; pieces can be added."""
+def gateway_yaml(
+    upstream_url: str | list[str], extra: str = "", routes: str = "", server: str = ""
+) -> str:
+    """
+    A minimal config in front of C{upstream_url} (or several target URLs,
+    as upstream C{backend}); pieces can be added.
+    """
+    targets = [upstream_url] if isinstance(upstream_url, str) else upstream_url
     routes = routes or """
   - name: all
     match: {path_prefix: /}
@@ -101,7 +108,7 @@ routes:
 {routes}
 upstreams:
   backend:
-    targets: ["{upstream_url}"]
+    targets: {json.dumps(targets)}
 {extra}
 """
 

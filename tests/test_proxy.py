@@ -163,6 +163,13 @@ def _raw_exchange(port: int, request: bytes, *, then: bytes = b"") -> bytes:
         return b"".join(chunks)
 
 
+def _dead_url() -> str:
+    """An address where nothing listens (bound a moment, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -204,11 +211,7 @@ async def test_body_at_the_limit_passes(upstream, start_gateway, http):
 
 @pytest_twisted.ensureDeferred
 async def test_dead_upstream_is_502(start_gateway, http):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    dead = sock.getsockname()[1]
-    sock.close()  # nothing listens there now
-    gw = start_gateway(gateway_yaml(f"http://127.0.0.1:{dead}"))
+    gw = start_gateway(gateway_yaml(_dead_url()))
     response = await http.get(gw.url + "/echo")
     assert response.code == 502
     body = await response.text()
@@ -285,20 +288,7 @@ upstreams:
 @pytest_twisted.ensureDeferred
 async def test_round_robin_skips_a_dead_target(start_upstream, start_gateway, http):
     a, b = start_upstream("a"), start_upstream("b")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-    text = f"""
-server:
-  listen: "tcp:0:interface=127.0.0.1"
-admin: {{listen: "tcp:0:interface=127.0.0.1"}}
-routes:
-  - {{match: {{path_prefix: /}}, upstream: u}}
-upstreams:
-  u: {{targets: ["{a.url}", "{dead}", "{b.url}"]}}
-"""
-    gw = start_gateway(text)
+    gw = start_gateway(gateway_yaml([a.url, _dead_url(), b.url]))
     codes = []
     for _ in range(9):
         response = await http.get(gw.url + "/echo")
@@ -312,20 +302,7 @@ upstreams:
 @pytest_twisted.ensureDeferred
 async def test_post_is_not_retried_on_another_target(start_upstream, start_gateway, http):
     a = start_upstream("a")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
-    text = f"""
-server:
-  listen: "tcp:0:interface=127.0.0.1"
-admin: {{listen: "tcp:0:interface=127.0.0.1"}}
-routes:
-  - {{match: {{path_prefix: /}}, upstream: u}}
-upstreams:
-  u: {{targets: ["{dead}", "{a.url}"]}}
-"""
-    gw = start_gateway(text)
+    gw = start_gateway(gateway_yaml([_dead_url(), a.url]))
     response = await http.post(gw.url + "/echo", data=b"once")
     await response.content()
     assert response.code == 502
