@@ -81,7 +81,7 @@ class AdminConfig:
 class StateConfig:
     backend: str = "memory"
     url: Optional[str] = None
-    timeout: float = 0.25
+    timeout: float = 0.025
     max_keys: int = 100_000
 
 
@@ -204,7 +204,7 @@ def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
     plugins = _plugins(reader, top.get("plugins"), base)
     upstreams = _upstreams(reader, top.get("upstreams"), base)
     routes = _routes(reader, top.get("routes"), plugins, upstreams)
-    _cross_checks(reader, server, plugins)
+    _cross_checks(reader, server, plugins, state)
     if reader.problems:
         raise ConfigError(source, reader.problems)
     return GatewayConfig(
@@ -360,7 +360,7 @@ def _state(reader: s.Reader, raw: Any) -> StateConfig:
     return StateConfig(
         backend=backend,
         url=url,
-        timeout=reader.get(data, "state", "timeout", s.duration(minimum=0.001), 0.25),
+        timeout=reader.get(data, "state", "timeout", s.duration(minimum=0.001), 0.025),
         max_keys=reader.get(data, "state", "max_keys", s.integer(minimum=1), 100_000),
     )
 
@@ -626,7 +626,7 @@ def _health_check(reader: s.Reader, raw: Any, where: str) -> HealthCheckConfig:
 
 
 def _cross_checks(
-    reader: s.Reader, server: ServerConfig, plugins: list[PluginConfig]
+    reader: s.Reader, server: ServerConfig, plugins: list[PluginConfig], state: StateConfig
 ) -> None:
     if server.tls is not None:
         for i, description in enumerate(server.listen):
@@ -638,6 +638,12 @@ def _cross_checks(
                 )
     write_ms = server.timeouts.write * 1000
     for i, plugin in enumerate(plugins):
+        if state.backend == "redis" and state.timeout * 1000 >= plugin.timeout_ms:
+            reader.problem(
+                f"plugins[{i}].timeout_ms",
+                f"{plugin.timeout_ms} ms is not above state.timeout ({state.timeout * 1000:g} ms):"
+                " a filter waits for Redis inside its own deadline",
+            )
         if plugin.timeout_ms >= write_ms:
             reader.problem(
                 f"plugins[{i}].timeout_ms",

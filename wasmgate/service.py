@@ -63,6 +63,9 @@ class GatewayService(service.MultiService):
         self._plugin_watch.clock = reactor
         self._plugin_stamps: dict[str, tuple[float, int]] = {}
         self._reloading: Optional[defer.Deferred[Any]] = None
+        self.fatal_error: Optional[str] = None
+        self.when_ready: defer.Deferred[Any] = defer.Deferred()
+        """Fires when listening and connected to what filters need (Redis)."""
         self.metrics = GatewayMetrics(generation=lambda: self.generation)
         self.generation = self._build(config)
         self.metrics.config_generation.set(self.generation.number)
@@ -83,6 +86,7 @@ class GatewayService(service.MultiService):
             if self.certificates is not None:
                 endpoint = tls_endpoint(endpoint, self.certificates)
             listener = StreamServerEndpointService(endpoint, self.site)
+            listener._raiseSynchronously = True  # a busy port stops the start, as with strports
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if config.admin.listen:
@@ -197,9 +201,23 @@ class GatewayService(service.MultiService):
 
     def _ready(self) -> None:
         waiting = [l._waitingForPort for l in self.listeners if l._waitingForPort is not None]
+        if self._wasm is not None:
+            waiting.append(self._wasm.connect())
         d = defer.gatherResults(waiting, consumeErrors=True)
         d.addCallback(lambda _: self.notifier.ready(f"generation {self.generation.number}"))
-        d.addErrback(lambda f: log.failure("a listener failed to start", f))
+        d.addErrback(self._fatal)
+        d.chainDeferred(self.when_ready)
+
+    def _fatal(self, failure: Any) -> Any:
+        """Something the gateway cannot run without failed at start: stop."""
+        error = failure.value
+        if isinstance(error, defer.FirstError):
+            error = error.subFailure.value
+        self.fatal_error = str(error)
+        log.critical("cannot start: {error}", error=self.fatal_error)
+        if self.reactor.running:
+            self.reactor.stop()
+        return failure
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -227,7 +245,7 @@ class GatewayService(service.MultiService):
             self.certificates.stop_watching()
         yield generation.close()
         if self._wasm is not None:
-            self._wasm.stop()
+            yield self._wasm.stop()
 
     @defer.inlineCallbacks
     def reload(self) -> Any:

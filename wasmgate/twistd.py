@@ -5,6 +5,7 @@ config, and SIGHUP wired to reload.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -64,4 +65,13 @@ def make_twistd_service(config_path: str) -> service.IService:
         sys.stderr.flush()
         raise SystemExit(1)
     _Signals(gateway, reactor).setServiceParent(gateway)
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, gateway)
     return gateway
+
+
+def _exit_if_failed(gateway: GatewayService) -> None:
+    """twistd exits 0 whatever stopped the reactor: not after a failed start."""
+    if gateway.fatal_error is not None:
+        sys.stderr.write(f"wasmgate: cannot start: {gateway.fatal_error}\n")
+        sys.stderr.flush()
+        os._exit(1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping, Optional, Sequence
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -43,14 +44,24 @@ class WasmRuntime:
             cache_dir=config.filters.cache_dir,
             fuel=any(p.fuel for p in config.plugins),
         )
-        self.state = state if state is not None else MemoryCounterStore(max_keys=config.state.max_keys)
+        self.state = state if state is not None else make_counter_store(config, reactor=reactor)
         self._sources: dict[WasmFilter, tuple[str, PluginConfig]] = {}
 
     def start(self) -> None:
         self.engine.start()
 
-    def stop(self) -> None:
+    def connect(self) -> Deferred[None]:
+        """Fires once the counter store is usable (Redis connected)."""
+        connect = getattr(self.state, "connect", None)
+        return connect() if connect is not None else succeed(None)
+
+    def stop(self) -> Deferred[None]:
         self.engine.stop()
+        aclose = getattr(self.state, "aclose", None)
+        if aclose is not None:
+            return aclose()
+        self.state.close()
+        return succeed(None)
 
     def load_filters(
         self, config: GatewayConfig, *, previous: Mapping[str, WasmFilter] = {}
@@ -118,6 +129,16 @@ class WasmRuntime:
         )
 
 
+def make_counter_store(config: GatewayConfig, *, reactor: Any) -> CounterStore:
+    """The counter store C{state:} asks for."""
+    if config.state.backend == "redis":
+        from wasmgate.state_redis import RedisCounterStore
+
+        assert config.state.url is not None
+        return RedisCounterStore(url=config.state.url, reactor=reactor, timeout=config.state.timeout)
+    return MemoryCounterStore(max_keys=config.state.max_keys)
+
+
 def read_plugin(plugin: PluginConfig) -> bytes:
     """
     The module's bytes, checked against its C{sha256:} pin.
@@ -143,7 +164,9 @@ def read_plugin(plugin: PluginConfig) -> bytes:
 
 def check_plugins(config: GatewayConfig) -> list[str]:
     """For C{wasmgate check}: load every plugin once, report what fails."""
-    runtime = WasmRuntime(config, reactor=None, pool=ThreadPool(minthreads=0, maxthreads=1))
+    runtime = WasmRuntime(
+        config, reactor=None, pool=ThreadPool(minthreads=0, maxthreads=1), state=MemoryCounterStore()
+    )
     try:
         filters = runtime.load_filters(config)
     except ConfigError as e:
