@@ -452,6 +452,9 @@ class _Exchange:
         """The client got its answer, or went away: stop all work for it."""
         self.done = True
         self.generation.request_finished()
+        if self.route is not None and self.route.chain is not None and self.freq is not None:
+            # http-wasm filters hold an instance per request until now.
+            self.route.chain.release(self.freq)
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.cancel()
