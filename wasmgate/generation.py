@@ -55,6 +55,29 @@ class Generation:
         self.cooperator = cooperator
         self.in_flight = 0
         self._drained: list[defer.Deferred[None]] = []
+        self._checkers: list[Any] = []
+
+    def start_health_checks(self, reactor: Any) -> None:
+        from wasmgate.health import start_health_checks
+
+        self._checkers = start_health_checks(self.upstreams, reactor)
+
+    def stop_health_checks(self) -> defer.Deferred[None]:
+        from wasmgate.health import stop_health_checks
+
+        checkers, self._checkers = self._checkers, []
+        return stop_health_checks(checkers)
+
+    def inherit_health(self, previous: "Generation") -> None:
+        """Targets kept across a reload keep what was learnt about them."""
+        for name, upstream in self.upstreams.items():
+            old = previous.upstreams.get(name)
+            if old is None:
+                continue
+            known = {t.url: t for t in old.targets}
+            for target in upstream.targets:
+                if target.url in known:
+                    target.inherit(known[target.url])
 
     def request_started(self) -> None:
         self.in_flight += 1

@@ -5,6 +5,7 @@ pool, epoch ticker; reload swaps generations; stop drains.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Optional
 
@@ -155,14 +156,23 @@ class GatewayService(service.MultiService):
 
     def _check_plugins(self) -> None:
         """
-        Reload when a watched plugin file changed (mtime or size, then the
-        sha256 decides: the runtime reuses filters whose bytes are the same).
+        Reload when a watched plugin changed: a file by mtime or size, a
+        URL by fetching it every C{reload_interval} and comparing sha256
+        (the runtime reuses filters whose bytes are the same). A failed
+        fetch keeps the current module.
         """
         if self._reloading is not None:
             return
+        now = self.reactor.seconds()
         changed = False
         for plugin in self.config.plugins:
-            if not plugin.reload_interval or "://" in plugin.path:
+            if not plugin.reload_interval:
+                continue
+            if "://" in plugin.path:
+                last = self._plugin_stamps.setdefault(plugin.name, (now, 0))[0]
+                if now - last >= plugin.reload_interval:
+                    self._plugin_stamps[plugin.name] = (now, 0)
+                    self._check_remote(plugin)
                 continue
             try:
                 st = os.stat(plugin.path)
@@ -173,10 +183,30 @@ class GatewayService(service.MultiService):
                 self._plugin_stamps[plugin.name] = stamp
                 changed = True
         if changed:
-            log.info("a plugin file changed: reloading")
-            self._reloading = self.reload()
-            self._reloading.addErrback(lambda f: None)
-            self._reloading.addBoth(lambda _: setattr(self, "_reloading", None))
+            self._reload_for("a plugin file changed")
+
+    def _check_remote(self, plugin: Any) -> None:
+        assert self._wasm is not None
+        loaded = self.generation.filters.get(plugin.name)
+        current = self._wasm.digest_of(loaded) if loaded is not None else None
+
+        def compare(data: bytes) -> None:
+            if hashlib.sha256(data).hexdigest() != current and self._reloading is None:
+                self._reload_for(f"plugin {plugin.name} changed at {plugin.path}")
+
+        def failed(reason: Any) -> None:
+            log.warn(
+                "plugin {name}: fetching {url} failed, keeping the current module: {error}",
+                name=plugin.name, url=plugin.path, error=reason.getErrorMessage(),
+            )
+
+        self._wasm.source.fetch(plugin).addCallbacks(compare, failed)
+
+    def _reload_for(self, why: str) -> None:
+        log.info("{why}: reloading", why=why)
+        self._reloading = self.reload()
+        self._reloading.addErrback(lambda f: None)
+        self._reloading.addBoth(lambda _: setattr(self, "_reloading", None))
 
     def readiness_problems(self) -> list[str]:
         """Why the gateway should not get traffic now (empty: ready)."""
@@ -196,6 +226,7 @@ class GatewayService(service.MultiService):
         if self.certificates is not None:
             self.certificates.start_watching(self.reactor, self.config.server.tls.watch_interval)
         super().startService()
+        self.generation.start_health_checks(self.reactor)
         self._plugin_watch.start(self._plugin_watch_interval(), now=True)
         self.reactor.callWhenRunning(self._ready)
 
@@ -240,6 +271,7 @@ class GatewayService(service.MultiService):
                 yield drained
             except defer.TimeoutError:
                 log.warn("shutdown timeout: {n} request(s) cut off", n=generation.in_flight)
+        yield generation.stop_health_checks()
         yield service.MultiService.stopService(self)
         if self.certificates is not None:
             self.certificates.stop_watching()
@@ -276,6 +308,10 @@ class GatewayService(service.MultiService):
             log.error("reload failed, keeping the current config:\n{errors}", errors=str(e))
             raise
         old, self.generation, self.config = self.generation, generation, config
+        generation.inherit_health(old)
+        if self.running:
+            generation.start_health_checks(self.reactor)
+        old.stop_health_checks()
         self.metrics.reloads.labels("ok").inc()
         self.metrics.config_generation.set(generation.number)
         log.info("config generation {n} is live", n=generation.number)

@@ -5,14 +5,25 @@ L{Agent} and keep-alive L{HTTPConnectionPool} that carry it there.
 """
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import zlib
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import IAgent, IPolicyForHTTPS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+    _StandardEndpointFactory,
+)
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
+from zope.interface import implementer
 
 from wasmgate.config import UpstreamConfig
 
@@ -53,6 +64,12 @@ class Target:
         self.last_failure = now
         if self.consecutive_failures >= self._eject_after:
             self.ejected_until = now + self._eject_for
+
+    def inherit(self, other: "Target") -> None:
+        self.healthy = other.healthy
+        self.consecutive_failures = other.consecutive_failures
+        self.last_failure = other.last_failure
+        self.ejected_until = other.ejected_until
 
     def succeeded(self) -> None:
         self.consecutive_failures = 0
@@ -154,6 +171,34 @@ def make_pool(
     return pool
 
 
+@implementer(IAgentEndpointFactory)
+class _TargetEndpoints:
+    """
+    Endpoints for upstream targets: a target named by IP address gets a
+    plain TCP endpoint (no resolver thread, no Happy Eyeballs delay, so a
+    refused connection fails at once and the retry on another target is
+    quick); a name goes through Twisted's L{HostnameEndpoint} as usual.
+    """
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = connect_timeout
+        self._standard = _StandardEndpointFactory(reactor, policy, connect_timeout, None)
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return self._standard.endpointForURI(uri)
+        tcp = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+        endpoint = tcp(self._reactor, host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            return wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
 def make_upstreams(
     configs: dict[str, UpstreamConfig],
     *,
@@ -168,9 +213,10 @@ def make_upstreams(
     """
     upstreams = {}
     for name, config in configs.items():
-        policy = tls_policy(config)
-        kwargs = {"contextFactory": policy} if policy is not None else {}
-        agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool, **kwargs)
+        policy = tls_policy(config) or BrowserLikePolicyForHTTPS()
+        agent = Agent.usingEndpointFactory(
+            reactor, _TargetEndpoints(reactor, policy, connect_timeout), pool=pool
+        )
         upstreams[name] = Upstream(config, agent=agent, clock=reactor)  # type: ignore[arg-type]
     return upstreams
 

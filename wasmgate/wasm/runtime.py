@@ -6,6 +6,7 @@ plugins loaded into filters and filters into route chains.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
@@ -13,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from wasmgate.config import ConfigError, GatewayConfig, PluginConfig
+from wasmgate.sources import PluginSource
 from wasmgate.state import CounterStore, MemoryCounterStore
 from wasmgate.wasm.chain import FilterChain
 from wasmgate.wasm.engine import WasmEngine
@@ -46,6 +48,10 @@ class WasmRuntime:
         )
         self.state = state if state is not None else make_counter_store(config, reactor=reactor)
         self._sources: dict[WasmFilter, tuple[str, PluginConfig]] = {}
+        cache = config.filters.cache_dir
+        self.source = PluginSource(
+            reactor=reactor, cache_dir=os.path.join(cache, "plugins") if cache else None
+        )
 
     def start(self) -> None:
         self.engine.start()
@@ -87,7 +93,7 @@ class WasmRuntime:
         return filters
 
     def _load(self, plugin: PluginConfig, previous: Optional[WasmFilter]) -> WasmFilter:
-        data = read_plugin(plugin)
+        data = self.source.fetch_blocking(plugin)
         digest = hashlib.sha256(data).hexdigest()
         if previous is not None and self._sources.get(previous) == (digest, plugin):
             return previous
@@ -115,8 +121,10 @@ class WasmRuntime:
         )
         return wasm_filter
 
-    def forget(self, wasm_filter: WasmFilter) -> None:
-        self._sources.pop(wasm_filter, None)
+    def digest_of(self, wasm_filter: WasmFilter) -> Optional[str]:
+        """The sha256 of the bytes C{wasm_filter} was built from."""
+        source = self._sources.get(wasm_filter)
+        return source[0] if source is not None else None
 
     def make_chain(
         self, filters: Sequence[WasmFilter], overrides: Mapping[str, Mapping[str, Any]]
@@ -137,29 +145,6 @@ def make_counter_store(config: GatewayConfig, *, reactor: Any) -> CounterStore:
         assert config.state.url is not None
         return RedisCounterStore(url=config.state.url, reactor=reactor, timeout=config.state.timeout)
     return MemoryCounterStore(max_keys=config.state.max_keys)
-
-
-def read_plugin(plugin: PluginConfig) -> bytes:
-    """
-    The module's bytes, checked against its C{sha256:} pin.
-
-    @raise PluginLoadError: unreadable, or not what the pin says.
-    """
-    if "://" in plugin.path:
-        raise PluginLoadError(plugin.name, f"fetching {plugin.path} is not supported yet")
-    try:
-        with open(plugin.path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise PluginLoadError(plugin.name, f"cannot read {plugin.path}: {e.strerror}") from None
-    if plugin.sha256 is not None:
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != plugin.sha256:
-            raise PluginLoadError(
-                plugin.name,
-                f"{plugin.path} has sha256 {digest}, but the config pins {plugin.sha256}",
-            )
-    return data
 
 
 def check_plugins(config: GatewayConfig) -> list[str]:
