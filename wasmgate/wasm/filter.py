@@ -42,6 +42,10 @@ FAILURE_KINDS = ("trap", "timeout", "oom", "bad_output", "state", "load")
 _UNLIMITED_FUEL = 1 << 62
 
 
+INIT_TIMEOUT_MS = 1000
+"""The deadline of an instance's start-up code, when above C{timeout_ms}."""
+
+
 class PluginLoadError(Exception):
     """A plugin cannot be loaded; C{what} says why, for a human."""
 
@@ -258,6 +262,9 @@ class WasmFilter:
         self._pins: dict[int, tuple["weakref.ref[FilterRequest]", InstanceContext]] = {}
         self._pool_lock = threading.RLock()
         self._ticks = engine.deadline_ticks(timeout_ms)
+        # Start-up code (wasmgate_init, _start) parses config and allocates
+        # once per instance: it gets a longer, still bounded, deadline.
+        self._init_ticks = engine.deadline_ticks(max(timeout_ms, INIT_TIMEOUT_MS))
         try:
             self._validate_settings()
             abi_class = select_abi(module)
@@ -308,7 +315,7 @@ class WasmFilter:
         store.set_limits(memory_size=self.memory_limit)
         if self.engine.fuel:
             store.set_fuel(self.fuel if self.fuel is not None else _UNLIMITED_FUEL)
-        store.set_epoch_deadline(self._ticks)
+        store.set_epoch_deadline(self._init_ticks)
         ctx = InstanceContext(self, store)
         try:
             for imp in self.module.imports:
