@@ -342,3 +342,38 @@ async def test_no_content_and_not_modified(upstream, start_gateway, http):
     response = await http.get(gw.url + "/status/503")
     assert response.code == 503  # upstream errors pass through as they are
     assert await response.content() == b"status 503"
+
+
+@pytest_twisted.ensureDeferred
+async def test_target_answering_5xx_is_ejected(start_upstream, start_gateway, http):
+    from tests.upstream_app import _Status
+
+    a, b = start_upstream("a"), start_upstream("b")
+    a.app.putChild(b"flaky", _Status())  # /flaky/500 on a...
+    hits = {"a": 0, "b": 0}
+
+    class Count(_Status):
+        def render(self, request):
+            hits["b"] += 1
+            request.postpath = [b"200"]
+            return super().render(request)
+
+    class CountA(_Status):
+        def render(self, request):
+            hits["a"] += 1
+            return super().render(request)
+
+    a.app.putChild(b"flaky", CountA())
+    b.app.putChild(b"flaky", Count())
+    text = gateway_yaml([a.url, b.url]).replace(
+        "    targets:", "    eject_after_failures: 2\n    eject_for: 30s\n    targets:"
+    )
+    gw = start_gateway(text)
+    codes = []
+    for _ in range(10):
+        response = await http.get(gw.url + "/flaky/500")
+        await response.content()
+        codes.append(response.code)
+    assert hits["a"] == 2  # then ejected
+    assert hits["b"] == 8
+    assert codes.count(500) == 2

@@ -319,7 +319,10 @@ class _Exchange:
 
     def _got_response(self, response: IResponse, target: Target) -> Optional[defer.Deferred[Any]]:
         self.pending = None
-        target.succeeded()
+        if response.code >= 500:
+            target.failed(self.reactor.seconds(), answered=True)  # ejection counts 5xx too
+        else:
+            target.succeeded()
         self.info.upstream_status = str(response.code)
         if self.done:
             response.deliverBody(_Discard())

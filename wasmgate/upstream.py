@@ -57,11 +57,16 @@ class Target:
         return self.healthy and now >= self.ejected_until
 
     def recently_failed(self, now: float, window: float = 1.0) -> bool:
-        return self.consecutive_failures > 0 and now - self.last_failure < window
+        return now - self.last_failure < window
 
-    def failed(self, now: float) -> None:
+    def failed(self, now: float, *, answered: bool = False) -> None:
+        """
+        Count a failure toward ejection; a connection failure (not an
+        C{answered} 5xx) also makes the target be passed over for a moment.
+        """
         self.consecutive_failures += 1
-        self.last_failure = now
+        if not answered:
+            self.last_failure = now
         if self.consecutive_failures >= self._eject_after:
             self.ejected_until = now + self._eject_for
 
@@ -73,6 +78,7 @@ class Target:
 
     def succeeded(self) -> None:
         self.consecutive_failures = 0
+        self.last_failure = float("-inf")
         self.ejected_until = float("-inf")
 
     def __repr__(self) -> str:
