@@ -241,3 +241,36 @@ async def test_redactor_headers_and_body(tmp_path, upstream, start_gateway, http
     assert "4111" not in sent["card"]
     assert sent["order"] == "1234567812345678"  # fails Luhn: not a card
     assert echo["headers"]["content-length"] == [str(len(echo["body"]))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redactor_response_phase_only_where_configured(tmp_path, upstream, start_gateway, http):
+    """
+    The redactor says (wasmgate_wants_response) that its base config has no
+    response work: that route skips the response phase; a route whose
+    override asks for set-cookie redaction gets it.
+    """
+    plugins = f"""
+  - name: pii_redactor
+    path: {PLUGINS / "pii_redactor.wasm"}
+    config: {{headers: [authorization]}}
+"""
+    routes = """
+  - name: plain
+    match: {path_prefix: /plain}
+    filters: [pii_redactor]
+    upstream: backend
+  - name: cookies
+    match: {path_prefix: /cookies}
+    filters: [pii_redactor]
+    filter_config: {pii_redactor: {redact_response_headers: [set-cookie]}}
+    upstream: backend
+"""
+    gw = start_gateway(_config(upstream.url, plugins, routes))
+    chains = {route.config.name: route.chain for _, route in gw.service.generation.router._by_host[None]}
+    assert chains["plain"].response_filters == ()
+    assert len(chains["cookies"].response_filters) == 1
+    response, _ = await _get(http, gw.url + "/cookies")
+    assert response.headers.getRawHeaders("set-cookie") == ["REDACTED"]
+    response, _ = await _get(http, gw.url + "/plain/x", headers={"Authorization": "x"})
+    assert response.code == 200

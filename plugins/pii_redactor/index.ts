@@ -201,6 +201,12 @@ export function wasmgate_init(ptr: usize, len: i32): i32 {
   return 0;
 }
 
+/** Whether the base config has work for handle_response (the host skips
+ * the response phase, a thread hop, when not and no route overrides us). */
+export function wasmgate_wants_response(): i32 {
+  return baseSettings.responseHeaders.length > 0 || baseSettings.bodies ? 1 : 0;
+}
+
 function settingsFor(routeConfig: Json | null, route: string): Settings {
   if (routeConfig === null) return baseSettings;
   const key = routeConfig.stringify();

@@ -108,6 +108,10 @@ class CheckedPath:
     raw = False
     name = "checked"
 
+    @staticmethod
+    def set_epoch_deadline(store: wasmtime.Store, ticks: int) -> None:
+        store.set_epoch_deadline(ticks)
+
     def export_caller(
         self,
         store: wasmtime.Store,
@@ -177,16 +181,25 @@ class RawPath:
             raise RuntimeError("wasmtime._ffi is not importable")
         dll = _ffi.dll
         proto = ctypes.CFUNCTYPE
+        # Guest code may run for up to its deadline: the call lets go of the
+        # GIL so the reactor thread goes on meanwhile.
         self._call_unchecked = proto(c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)(
             ("wasmtime_func_call_unchecked", dll)
         )
         self._func_new_unchecked = proto(None, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)(
             ("wasmtime_func_new_unchecked", dll)
         )
-        self._memory_data = proto(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", dll))
-        self._memory_data_size = proto(c_size_t, c_void_p, c_void_p)(("wasmtime_memory_data_size", dll))
-        self._caller_context = proto(c_void_p, c_void_p)(("wasmtime_caller_context", dll))
-        self._trap_new = proto(c_void_p, ctypes.c_char_p, c_size_t)(("wasmtime_trap_new", dll))
+        # Accessors that return at once keep the GIL (PYFUNCTYPE): letting go
+        # of it for a few nanoseconds of C hands it to another thread and
+        # costs a context switch to get it back, on every call.
+        quick = ctypes.PYFUNCTYPE
+        self._memory_data = quick(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", dll))
+        self._memory_data_size = quick(c_size_t, c_void_p, c_void_p)(("wasmtime_memory_data_size", dll))
+        self._caller_context = quick(c_void_p, c_void_p)(("wasmtime_caller_context", dll))
+        self._trap_new = quick(c_void_p, ctypes.c_char_p, c_size_t)(("wasmtime_trap_new", dll))
+        self._set_deadline = quick(None, c_void_p, ctypes.c_uint64)(
+            ("wasmtime_context_set_epoch_deadline", dll)
+        )
         self._callback_type = proto(c_size_t, c_void_p, c_void_p, ctypes.POINTER(_ffi.wasmtime_val_raw), c_size_t)
         self._val_raw = _ffi.wasmtime_val_raw
         self._trap_ptr_type = ctypes.POINTER(_ffi.wasm_trap_t)
@@ -196,7 +209,15 @@ class RawPath:
 
     @staticmethod
     def _context(store: wasmtime.Store) -> int:
-        return ctypes.cast(store._context(), c_void_p).value  # type: ignore[return-value]
+        # A store's context pointer lives as long as the store: ask once.
+        try:
+            return store._wasmgate_context  # type: ignore[attr-defined, no-any-return]
+        except AttributeError:
+            ctx = store._wasmgate_context = ctypes.cast(store._context(), c_void_p).value  # type: ignore[attr-defined]
+            return ctx  # type: ignore[no-any-return]
+
+    def set_epoch_deadline(self, store: wasmtime.Store, ticks: int) -> None:
+        self._set_deadline(self._context(store), ticks)
 
     def _raise_from(self, err: Optional[int], trap: c_void_p) -> None:
         if trap.value:
@@ -359,7 +380,11 @@ def write(base: int, size: int, ptr: int, data: bytes) -> None:
     if ptr + len(data) > size:
         raise IndexError("guest range %d+%d outside memory of %d bytes" % (ptr, len(data), size))
     if data:
-        ctypes.memmove(base + ptr, data, len(data))
+        _memmove(base + ptr, data, len(data))
+
+
+# ctypes.memmove lets go of the GIL (see RawPath): this one keeps it.
+_memmove = ctypes.PYFUNCTYPE(c_void_p, c_void_p, ctypes.c_char_p, c_size_t)(ctypes._memmove_addr)  # type: ignore[attr-defined]
 
 
 _PROBE_WAT = r"""

@@ -54,6 +54,7 @@ _REQUIRED = {
 _OPTIONAL = {
     "handle_response": _II_L,
     "wasmgate_init": (("i32", "i32"), ("i32",)),
+    "wasmgate_wants_response": ((), ("i32",)),
 }
 
 MIN_BUFFER = 4096
@@ -139,6 +140,11 @@ class JsonAbi:
                 raise InitRefused(
                     "wasmgate_init refused the plugin's config (returned %d)" % (rc,)
                 )
+        if "response" in st and ctx.export("wasmgate_wants_response") is not None:
+            # A filter with nothing to do on responses under its config says
+            # so, and routes without overrides for it skip that thread hop.
+            wants = ctx.caller("wasmgate_wants_response", (), ("i32",))()
+            self.filter.response_by_default = bool(wants)
 
     def _put(self, ctx: InstanceContext, data: bytes) -> int:
         """Write C{data} into the instance's input buffer and return its address."""

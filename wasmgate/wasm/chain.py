@@ -76,10 +76,14 @@ class FilterChain:
         route_config: Optional[Mapping[str, dict]] = None,
     ) -> None:
         self.filters = tuple(filters)
-        self.response_filters = tuple(f for f in reversed(self.filters) if f.has_response_filter)
         self._pool = pool
         self._reactor = reactor
         self._route_config = dict(route_config or {})
+        self.response_filters = tuple(
+            f
+            for f in reversed(self.filters)
+            if f.has_response_filter and (f.response_by_default or f.name in self._route_config)
+        )
         self.wants_body = any(f.include_body for f in self.filters)
         """Some filter wants request/response bodies (buffered, bounded)."""
         self.has_response_filters = bool(self.response_filters)

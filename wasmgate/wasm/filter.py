@@ -278,6 +278,9 @@ class WasmFilter:
             self.abi_name: str = abi_class.name
             self.pins_instances = bool(getattr(abi_class, "pins_instances", False))
             self.has_response_filter: bool = bool(abi_class.speaks_response(module))
+            self.response_by_default = True
+            """False when the guest's C{wasmgate_wants_response} says its base
+            config needs no response phase (route overrides still get one)."""
             problems = list(abi_class.problems(module))
             self._hosts = dict(wasmgate_functions(self.host_env))
             self._hosts.update(self.abi.host_functions())
@@ -575,10 +578,9 @@ class WasmFilter:
             with ctx.lock:
                 if ctx.dead:
                     raise FilterFailure(self.name, "load", "filter is closed")
-                store = ctx.store
-                store.set_epoch_deadline(self._ticks)
+                ctx.path.set_epoch_deadline(ctx.store, self._ticks)
                 if self.fuel is not None:
-                    store.set_fuel(self.fuel)
+                    ctx.store.set_fuel(self.fuel)
                 ctx.host_error = None
                 try:
                     return method(ctx, *args)
