@@ -251,3 +251,36 @@ async def test_sd_notify_ready_reloading_stopping(tmp_path, upstream):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_to_its_own_file_and_reopened_on_reload(tmp_path, upstream, start_gateway, http):
+    path = tmp_path / "access.jsonl"
+    gw = start_gateway(gateway_yaml(upstream.url) + f"access_log: {path}\n")
+    await _get(http, gw.url + "/users/42?token=secret", headers={"Authorization": "Bearer x"})
+    gw.service.access_file.flush()
+    [line] = path.read_text().splitlines()
+    entry = json.loads(line)
+    assert (entry["method"], entry["path"], entry["status"], entry["route"]) == ("GET", "/users/42", 200, "all")
+    assert entry["upstream"] == upstream.url
+    assert "secret" not in line and "Bearer" not in line  # no query, no request headers
+    # logrotate moved the file; the reload (SIGHUP) opens a new one.
+    os.replace(path, tmp_path / "access.jsonl.1")
+    await gw.service.reload()
+    await _get(http, gw.url + "/again")
+    gw.service.access_file.flush()
+    assert json.loads(path.read_text())["path"] == "/again"
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_off(tmp_path, upstream, start_gateway, http):
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw = start_gateway(gateway_yaml(upstream.url) + "access_log: off\n")
+        await _get(http, gw.url + "/x")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_namespace") == "wasmgate.access"]

@@ -153,6 +153,8 @@ class GatewayConfig:
     plugins: tuple[PluginConfig, ...]
     routes: tuple[RouteConfig, ...]
     upstreams: Mapping[str, UpstreamConfig]
+    access_log: str = "log"
+    """C{log} (twisted.logger), C{off}, or the path of a file of JSON lines."""
 
     def plugin(self, name: str) -> PluginConfig:
         for plugin in self.plugins:
@@ -161,7 +163,7 @@ class GatewayConfig:
         raise KeyError(name)
 
 
-_TOP = ("server", "admin", "state", "filters", "plugins", "routes", "upstreams")
+_TOP = ("server", "admin", "access_log", "state", "filters", "plugins", "routes", "upstreams")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 
@@ -204,6 +206,7 @@ def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
     plugins = _plugins(reader, top.get("plugins"), base)
     upstreams = _upstreams(reader, top.get("upstreams"), base)
     routes = _routes(reader, top.get("routes"), plugins, upstreams)
+    access_log = reader.get(top, "", "access_log", _access_log(base), "log")
     _cross_checks(reader, server, plugins, state)
     if reader.problems:
         raise ConfigError(source, reader.problems)
@@ -216,7 +219,23 @@ def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
         plugins=tuple(plugins),
         routes=tuple(routes),
         upstreams=upstreams,
+        access_log=access_log,
     )
+
+
+def _access_log(base: str) -> Any:
+    def convert(value: Any) -> str:
+        if value is False:
+            return "off"
+        text = s.string(value)
+        if text in ("log", "off"):
+            return text
+        path = _path(base)(text)
+        if not os.path.isdir(os.path.dirname(path)):
+            raise ValueError(f"expected log, off or a file path; no directory for {path}")
+        return path
+
+    return convert
 
 
 def _path(base: str) -> Any:

@@ -52,6 +52,8 @@ class GatewayMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.max_paths = max_paths
         self._paths: dict[str, set[str]] = {}
+        self._labels: dict[tuple[str, str], str] = {}
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
         r = self.registry
         self.requests = Counter(
@@ -88,6 +90,17 @@ class GatewayMetrics:
             r.register(_LiveCollector(generation))
 
     def _path_label(self, route: str, path: str) -> str:
+        key = (route, path)
+        label = self._labels.get(key)
+        if label is not None:
+            return label
+        label = self._new_path_label(route, path)
+        if len(self._labels) >= 10_000:  # raw paths are unbounded: a bounded memo
+            self._labels.clear()
+        self._labels[key] = label
+        return label
+
+    def _new_path_label(self, route: str, path: str) -> str:
         normal = normalise_path(path)
         with self._lock:
             seen = self._paths.setdefault(route, set())
@@ -107,8 +120,15 @@ class GatewayMetrics:
             method = "other"
         route = info.route or "-"
         path = self._path_label(route, (request.path or b"/").decode("latin-1", "replace"))
-        self.requests.labels(method, route, path, str(request.code)).inc()
-        self.duration.labels(method, route, path).observe(seconds)
+        key = (method, route, path, str(request.code))
+        children = self._children.get(key)
+        if children is None:  # labels() validates and locks: once per series
+            children = self._children[key] = (
+                self.requests.labels(*key),
+                self.duration.labels(method, route, path),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         if info.target:
             self.upstream_requests.labels(info.upstream, info.target, info.upstream_status or "error").inc()
 

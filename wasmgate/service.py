@@ -16,6 +16,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from wasmgate.accesslog import FileSink, log_sink
 from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 from wasmgate.generation import Generation, build_generation
 from wasmgate.metrics import GatewayMetrics
@@ -71,11 +72,15 @@ class GatewayService(service.MultiService):
         self.generation = self._build(config)
         self.metrics.config_generation.set(self.generation.number)
         ThreadPoolService(self.filter_pool).setServiceParent(self)
+        self.access_file: Optional[FileSink] = None
+        if config.access_log not in ("log", "off"):
+            self.access_file = FileSink(config.access_log, reactor=reactor)
         self.site = GatewaySite(
             ProxyResource(generation=lambda: self.generation, reactor=reactor),
             reactor=reactor,
             max_body_bytes=config.server.max_body_bytes,
             idle_timeout=config.server.timeouts.idle,
+            access_log={"log": log_sink, "off": None}.get(config.access_log, self.access_file),
             observers=[self.metrics.request_done],
         )
         self.certificates = None
@@ -226,6 +231,8 @@ class GatewayService(service.MultiService):
         if self.certificates is not None:
             self.certificates.start_watching(self.reactor, self.config.server.tls.watch_interval)
         super().startService()
+        if self.access_file is not None:
+            self.access_file.start()
         self.generation.start_health_checks(self.reactor)
         self._plugin_watch.start(self._plugin_watch_interval(), now=True)
         self.reactor.callWhenRunning(self._ready)
@@ -275,6 +282,8 @@ class GatewayService(service.MultiService):
         yield service.MultiService.stopService(self)
         if self.certificates is not None:
             self.certificates.stop_watching()
+        if self.access_file is not None:
+            self.access_file.close()
         yield generation.close()
         if self._wasm is not None:
             yield self._wasm.stop()
@@ -287,6 +296,8 @@ class GatewayService(service.MultiService):
         """
         path = self.config.source
         self.notifier.reloading()
+        if self.access_file is not None:
+            self.access_file.reopen()  # SIGHUP after logrotate
         try:
             number = yield self._reload(path)
         finally:

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
-from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from wasmgate.accesslog import AccessSink, log_sink
 from wasmgate.proxy import GatewayRequest
-
-_access = Logger(namespace="wasmgate.access")
 
 RequestObserver = Callable[[GatewayRequest, float], None]
 
@@ -36,7 +34,7 @@ class GatewaySite(server.Site):
         reactor: Any,
         max_body_bytes: int,
         idle_timeout: float,
-        sensitive_headers: Iterable[str] = (),
+        access_log: Optional[AccessSink] = log_sink,
         observers: Iterable[RequestObserver] = (),
     ) -> None:
         super().__init__(
@@ -47,7 +45,7 @@ class GatewaySite(server.Site):
             parsePOSTFormSubmission=False,
         )
         self.max_body_bytes = max_body_bytes
-        self.sensitive_headers = frozenset(h.lower() for h in sensitive_headers)
+        self.access_log = access_log
         self.observers = list(observers)
 
     def log(self, request: GatewayRequest) -> None:  # type: ignore[override]
@@ -55,6 +53,8 @@ class GatewaySite(server.Site):
         duration = time.monotonic() - info.started
         for observe in self.observers:
             observe(request, duration)
+        if self.access_log is None:
+            return
         peer = request.getClientAddress()
         line = {
             "time": round(time.time(), 3),
@@ -69,11 +69,11 @@ class GatewaySite(server.Site):
             "filters": [f"{d.plugin}:{d.outcome}" for d in info.decisions],
         }
         user_agent = request.getHeader(b"user-agent")
-        if user_agent is not None and "user-agent" not in self.sensitive_headers:
+        if user_agent is not None:
             line["user_agent"] = user_agent.decode("latin-1", "replace")
         if info.error:
             line["error"] = info.error
-        _access.info("{access_log}", access_log=json.dumps(line, separators=(",", ":")))
+        self.access_log(json.dumps(line, separators=(",", ":")))
 
 
 

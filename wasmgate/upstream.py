@@ -191,8 +191,17 @@ class _TargetEndpoints:
         self._policy = policy
         self._timeout = connect_timeout
         self._standard = _StandardEndpointFactory(reactor, policy, connect_timeout, None)
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        # The Agent asks for every request, pooled or not: build each once.
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._endpoint(uri)
+        return endpoint
+
+    def _endpoint(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
         try:
             address = ipaddress.ip_address(host)
