@@ -109,6 +109,10 @@ def wasmgate_config(
             "trusted_proxies": ["127.0.0.1/32"],
         },
         "admin": {"listen": f"tcp:{admin_port}:interface=127.0.0.1"},
+        # Like every peer here (nginx's access_log off, Node and the bare
+        # Twisted proxy log nothing): the access log costs ~25-50 us/request
+        # through twisted.logger, measured on its own in the closing notes.
+        "access_log": "off",
         "routes": [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "backend"}],
         "upstreams": {"backend": {"targets": [f"http://127.0.0.1:{ctx.upstream_port}"]}},
     }

@@ -14,7 +14,6 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
-import treq
 from treq.client import HTTPClient
 
 from tests.upstream_app import CountingSite, UpstreamApp

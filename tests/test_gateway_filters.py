@@ -274,3 +274,26 @@ async def test_redactor_response_phase_only_where_configured(tmp_path, upstream,
     assert response.headers.getRawHeaders("set-cookie") == ["REDACTED"]
     response, _ = await _get(http, gw.url + "/plain/x", headers={"Authorization": "x"})
     assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_leaving_during_a_filter_is_not_an_error(tmp_path, upstream, start_gateway, http):
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    gw = start_gateway(_misbehaving(tmp_path, upstream).replace("timeout_ms: 50", "timeout_ms: 300"))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        d = defer.ensureDeferred(_get(http, gw.url + "/bad/x", method="LOOP"))
+        await task.deferLater(reactor, 0.05, lambda: None)
+        d.cancel()
+        try:
+            await d
+        except Exception:
+            pass
+        await task.deferLater(reactor, 0.4, lambda: None)  # the filter call ends meanwhile
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_level") == LogLevel.critical], events
+    response, _ = await _get(http, gw.url + "/fine/echo")
+    assert response.code == 200

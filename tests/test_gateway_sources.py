@@ -29,7 +29,7 @@ def _config(upstream_url: str, url: str, extra: str = "") -> str:
 
 
 @pytest_twisted.ensureDeferred
-async def test_s3_plugin_loads_and_reloads_when_the_object_changes(s3, upstream, start_gateway, http):
+async def test_s3_plugin_loads_and_reloads_when_the_object_changes(s3, upstream, start_gateway, http):  # noqa: F811
     s3.put("filters/remote.wasm", PASS)
     gw = start_gateway(_config(upstream.url, s3.url("filters/remote.wasm"), ", reload_interval: 200ms"))
     response = await http.get(gw.url + "/echo")
@@ -46,7 +46,7 @@ async def test_s3_plugin_loads_and_reloads_when_the_object_changes(s3, upstream,
     assert response.code == 403
 
 
-def test_s3_plugin_with_the_wrong_pin_is_refused(s3, upstream, start_gateway):
+def test_s3_plugin_with_the_wrong_pin_is_refused(s3, upstream, start_gateway):  # noqa: F811
     s3.put("filters/remote.wasm", PASS)
     wrong = hashlib.sha256(BLOCK).hexdigest()
     url = s3.url("filters/remote.wasm")

@@ -6,7 +6,7 @@ back, and answering 503 at once when every target is down.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest_twisted
 from twisted.internet import reactor, task
@@ -15,7 +15,6 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 from twisted.web.client import Agent
 
-import treq
 
 from tests.upstream_app import CountingSite, UpstreamApp
 from wasmgate.config import HealthCheckConfig, UpstreamConfig

@@ -10,7 +10,6 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, reactor, threads, task
-from twisted.web.client import readBody
 
 from tests.conftest import gateway_yaml
 
@@ -85,7 +84,6 @@ async def test_large_response_is_streamed(upstream, start_gateway, http):
 @pytest_twisted.ensureDeferred
 async def test_keep_alive_reuses_connections_both_sides(upstream, start_gateway, http):
     gw = start_gateway(gateway_yaml(upstream.url))
-    client_ports = set()
     for _ in range(10):
         response = await http.get(gw.url + "/echo")
         await response.content()

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 from twisted.internet import reactor as default_reactor
-from twisted.internet import task
 from twisted.web import resource, server
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.test_ops -*-
 """
 The admin site, on its own (by default loopback-only) port: liveness,
 readiness, Prometheus metrics and a reload trigger.

@@ -6,7 +6,6 @@ A demo upstream: answers every request with a JSON echo of what it got
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from twisted.web import resource, server
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reload -*-
+# -*- test-case-name: tests.test_ops -*-
 """
 A generation: everything built from one version of gateway.yaml (routes,
 upstream pools, loaded filters) that requests run on.

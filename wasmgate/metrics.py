@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.test_ops -*-
 """
 Prometheus metrics of one gateway process, on a registry of its own.
 

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -270,17 +270,16 @@ class _Exchange:
             if getattr(d, "timed_out", False):
                 self._upstream_error(504, b"upstream timed out\n", target, reason)
                 return
-            if reason.check(ConnectError) and not reason.check(ConnectingCancelledError):
-                target.failed(now)
-                if rest:
-                    log.info(
-                        "upstream {target} refused ({error}); retrying on {next}",
-                        target=target.url, error=reason.getErrorMessage(), next=rest[0].url,
-                    )
-                    self._try(rest)
-                    return
-            else:
-                target.failed(now)
+            target.failed(now)
+            connect_failed = reason.check(ConnectError) and not reason.check(ConnectingCancelledError)
+            if connect_failed and rest:
+                # Nothing reached the upstream: safe to try another target.
+                log.info(
+                    "upstream {target} refused ({error}); retrying on {next}",
+                    target=target.url, error=reason.getErrorMessage(), next=rest[0].url,
+                )
+                self._try(rest)
+                return
             self._upstream_error(502, b"bad gateway\n", target, reason)
 
         d.addBoth(settled)
@@ -444,6 +443,8 @@ class _Exchange:
         request.finish()
 
     def _internal_error(self, reason: Failure) -> None:
+        if self.done and reason.check(defer.CancelledError):
+            return  # the client left and _finished cancelled the filter call
         log.failure("internal error while proxying", reason)
         self.info.error = reason.getErrorMessage()
         if not self.done and not self.request.startedWriting:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routing -*-
+# -*- test-case-name: tests.test_proxy -*-
 """
 Which route a request takes: by host (exact, then C{*.example.com}, then
 any host) and then by the longest matching path prefix.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_ops -*-
 """
 The gateway as a Twisted service: listeners, admin site, filter thread
 pool, epoch ticker; reload swaps generations; stop drains.
@@ -88,7 +88,7 @@ class GatewayService(service.MultiService):
             self.certificates = _certificate_store(config, self.metrics)
         self.listeners = []
         for description in config.server.listen:
-            endpoint = endpoints.serverFromString(reactor, description)
+            endpoint = endpoints.serverFromString(reactor, _with_backlog(description))
             if self.certificates is not None:
                 endpoint = tls_endpoint(endpoint, self.certificates)
             listener = StreamServerEndpointService(endpoint, self.site)
@@ -328,6 +328,18 @@ class GatewayService(service.MultiService):
         log.info("config generation {n} is live", n=generation.number)
         old.drained().addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
         return generation.number
+
+
+def _with_backlog(description: str) -> str:
+    """
+    A TCP listener gets nginx's accept backlog (511) unless the endpoint
+    string sets one: Twisted's default of 50 drops SYNs when hundreds of
+    clients connect at once, and they retry only after a second.
+    """
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return description + ":backlog=511"
+    return description
 
 
 def _certificate_store(config: GatewayConfig, metrics: GatewayMetrics) -> CertificateStore:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_upstream -*-
+# -*- test-case-name: tests.test_proxy,tests.test_health -*-
 """
 Upstreams: their targets, which target a request goes to, and the shared
 L{Agent} and keep-alive L{HTTPConnectionPool} that carry it there.
