@@ -54,6 +54,7 @@ class GatewayMetrics:
         self._paths: dict[str, set[str]] = {}
         self._labels: dict[tuple[str, str], str] = {}
         self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._plugin_children: dict[str, Any] = {}
         self._lock = threading.Lock()
         r = self.registry
         self.requests = Counter(
@@ -133,7 +134,10 @@ class GatewayMetrics:
             self.upstream_requests.labels(info.upstream, info.target, info.upstream_status or "error").inc()
 
     def plugin_called(self, plugin: str, seconds: float) -> None:
-        self.plugin_duration.labels(plugin).observe(seconds)
+        child = self._plugin_children.get(plugin)
+        if child is None:
+            child = self._plugin_children[plugin] = self.plugin_duration.labels(plugin)
+        child.observe(seconds)
 
     def plugin_failed(self, plugin: str, kind: str) -> None:
         self.plugin_errors.labels(plugin, kind).inc()
