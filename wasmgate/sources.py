@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from twisted.python.threadable import isInIOThread
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 
+from wasmgate._files import write_atomically
 from wasmgate.config import PluginConfig
 from wasmgate.wasm.filter import PluginLoadError
 
@@ -297,7 +297,7 @@ class PluginSource:
         _verify(plugin, data, _shown(plugin.path))
         if cache is not None:
             try:
-                _write_atomically(cache, data)
+                write_atomically(cache, data)
             except OSError as e:
                 self._log.warn(
                     "plugin {name}: cannot cache {url} in {dir}: {error}",
@@ -384,25 +384,6 @@ def _verify(plugin: PluginConfig, data: bytes, where: str) -> bytes:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a part."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fetch-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _s3_location(plugin: PluginConfig) -> _S3Location:

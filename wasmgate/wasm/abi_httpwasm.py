@@ -51,6 +51,7 @@ import wasmtime
 from twisted.logger import LogLevel
 
 from wasmgate.wasm import _raw
+from wasmgate.wasm.filter import exports_of, func_sig
 from wasmgate.wasm.filter import BadOutput, InstanceContext
 from wasmgate.wasm.hostfuncs import MAX_LOG_MESSAGE, GuestFault, HostFunc
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse, Headers
@@ -81,16 +82,6 @@ _HANDLE_REQUEST = ((), ("i64",))
 _HANDLE_RESPONSE = (("i32", "i32"), ())
 
 _INIT, _REQUEST, _RESPONSE = 0, 1, 2
-
-
-def _func_sig(ty: Any) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
-    if not isinstance(ty, wasmtime.FuncType):
-        return None
-    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
-
-
-def _exports(module: wasmtime.Module) -> dict[str, Any]:
-    return {e.name: e.type for e in module.exports}
 
 
 class _Exchange:
@@ -156,28 +147,28 @@ class HttpWasmAbi:
     def detect(cls, module: wasmtime.Module) -> bool:
         if any(i.module == MODULE for i in module.imports):
             return True
-        return _func_sig(_exports(module).get("handle_request")) == _HANDLE_REQUEST
+        return func_sig(exports_of(module).get("handle_request")) == _HANDLE_REQUEST
 
     @classmethod
     def problems(cls, module: wasmtime.Module) -> list[str]:
-        names = _exports(module)
+        names = exports_of(module)
         out = []
         if not isinstance(names.get("memory"), wasmtime.MemoryType):
             out.append("missing export 'memory' (a linear memory)")
         if "handle_request" not in names:
             out.append("missing export 'handle_request' (() -> (i64))")
-        elif _func_sig(names["handle_request"]) != _HANDLE_REQUEST:
+        elif func_sig(names["handle_request"]) != _HANDLE_REQUEST:
             out.append("export 'handle_request' must be () -> (i64)")
-        if "handle_response" in names and _func_sig(names["handle_response"]) != _HANDLE_RESPONSE:
+        if "handle_response" in names and func_sig(names["handle_response"]) != _HANDLE_RESPONSE:
             out.append("export 'handle_response' must be (i32, i32) -> ()")
         for start in ("_initialize", "_start"):
-            if start in names and _func_sig(names[start]) != ((), ()):
+            if start in names and func_sig(names[start]) != ((), ()):
                 out.append("export %r must be () -> ()" % (start,))
         return out
 
     @classmethod
     def speaks_response(cls, module: wasmtime.Module) -> bool:
-        return "handle_response" in _exports(module)
+        return "handle_response" in exports_of(module)
 
     def __init__(self, filt: Any) -> None:
         self.filter = filt

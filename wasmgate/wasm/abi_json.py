@@ -42,6 +42,7 @@ from typing import Any, Optional, Union
 import wasmtime
 
 from wasmgate.wasm import _raw
+from wasmgate.wasm.filter import exports_of, func_sig
 from wasmgate.wasm.filter import BadOutput, InitRefused, InstanceContext
 from wasmgate.wasm.hostfuncs import HostFunc
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse, Headers
@@ -71,16 +72,6 @@ _REQUEST_KEYS = frozenset(
 _RESPONSE_KEYS = frozenset({"status_code", "headers", "body"})
 
 
-def _func_sig(ty: Any) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
-    if not isinstance(ty, wasmtime.FuncType):
-        return None
-    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
-
-
-def _exports(module: wasmtime.Module) -> dict[str, Any]:
-    return {e.name: e.type for e in module.exports}
-
-
 class JsonAbi:
     """The wasmgate JSON ABI for one filter."""
 
@@ -88,30 +79,30 @@ class JsonAbi:
 
     @classmethod
     def detect(cls, module: wasmtime.Module) -> bool:
-        names = _exports(module)
+        names = exports_of(module)
         if "handle_request" in names or "wasmgate_alloc" in names:
             return True
         return any(i.module == "wasmgate" for i in module.imports)
 
     @classmethod
     def problems(cls, module: wasmtime.Module) -> list[str]:
-        names = _exports(module)
+        names = exports_of(module)
         out = []
         if not isinstance(names.get("memory"), wasmtime.MemoryType):
             out.append("missing export 'memory' (a linear memory)")
         for export, sig in _REQUIRED.items():
             if export not in names:
                 out.append("missing export %r (%s)" % (export, _sig_text(sig)))
-            elif _func_sig(names[export]) != sig:
+            elif func_sig(names[export]) != sig:
                 out.append("export %r must be %s" % (export, _sig_text(sig)))
         for export, sig in _OPTIONAL.items():
-            if export in names and _func_sig(names[export]) != sig:
+            if export in names and func_sig(names[export]) != sig:
                 out.append("export %r must be %s" % (export, _sig_text(sig)))
         return out
 
     @classmethod
     def speaks_response(cls, module: wasmtime.Module) -> bool:
-        return "handle_response" in _exports(module)
+        return "handle_response" in exports_of(module)
 
     def __init__(self, filt: Any) -> None:
         self.filter = filt

@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import tempfile
 import threading
 import time
 from typing import Optional
 
 import wasmtime
 
+from wasmgate._files import write_atomically
 from wasmgate.wasm import _raw
 
 
@@ -199,18 +199,7 @@ class WasmEngine:
             return
         try:
             payload = bytes(module.serialize())
-            os.makedirs(self.cache_dir, exist_ok=True)  # type: ignore[arg-type]
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".cwasm")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(_CACHE_MAGIC + hashlib.sha256(payload).digest() + payload)
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            write_atomically(path, _CACHE_MAGIC + hashlib.sha256(payload).digest() + payload)
         except OSError:
             # A read-only or full cache directory only costs a recompile.
             self.cache_errors += 1

@@ -662,6 +662,18 @@ def _first_line(e: BaseException) -> str:
     return lines[0]
 
 
+def func_sig(ty: Any) -> Optional[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """C{(params, results)} as type names, or None if C{ty} is no function."""
+    if not isinstance(ty, wasmtime.FuncType):
+        return None
+    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
+
+
+def exports_of(module: wasmtime.Module) -> dict[str, Any]:
+    """A module's exports by name: their types."""
+    return {e.name: e.type for e in module.exports}
+
+
 def import_problems(module: wasmtime.Module, hosts: dict[tuple[str, str], HostFunc]) -> list[str]:
     """Imports of C{module} the host cannot satisfy, as messages."""
     out = []
