@@ -158,14 +158,9 @@ class FilterChain:
             try:
                 result = f.run_request(req, route_config=self._route_config.get(f.name))
             except FilterFailure as e:
-                seconds = time.perf_counter() - started
-                status = failure_status(e.kind, f.failure_policy)
+                status = self._failed(f, e, started, decisions, req)
                 if status is None:
-                    decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
                     continue
-                decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
-                if self._pinning:
-                    self.release_sync(req)
                 return error_answer(status, f.name), decisions
             seconds = time.perf_counter() - started
             if isinstance(result, Answer):
@@ -189,18 +184,35 @@ class FilterChain:
             try:
                 resp = f.run_response(req, resp, route_config=self._route_config.get(f.name))
             except FilterFailure as e:
-                seconds = time.perf_counter() - started
-                status = failure_status(e.kind, f.failure_policy)
+                status = self._failed(f, e, started, decisions, req)
                 if status is None:
-                    decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
                     continue
-                decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
-                if self._pinning:
-                    self.release_sync(req)
                 a = error_answer(status, f.name)
                 return FilterResponse(status=a.status, headers=a.headers, body=a.body), decisions
             decisions.append(FilterDecision(f.name, "continue", time.perf_counter() - started))
         return resp, decisions
+
+    def _failed(
+        self,
+        f: WasmFilter,
+        e: FilterFailure,
+        started: float,
+        decisions: list[FilterDecision],
+        req: FilterRequest,
+    ) -> Optional[int]:
+        """
+        Record a filter's failure; the status to answer with, or None when
+        its policy (open) says to go on without it.
+        """
+        seconds = time.perf_counter() - started
+        status = failure_status(e.kind, f.failure_policy)
+        if status is None:
+            decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
+            return None
+        decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
+        if self._pinning:
+            self.release_sync(req)
+        return status
 
     def _unwind(self, req: FilterRequest, answer: Answer, decisions: list[FilterDecision]) -> Answer:
         """
