@@ -81,6 +81,14 @@ async def test_sni_picks_the_certificate_and_proxies(tmp_path, upstream, start_g
     # An unknown name gets the default (first) certificate.
     serial, status, _ = await threads.deferToThread(_https_get, port, "unknown.test", cafile)
     assert (serial, status) == (101, 200)
+    # Expiry of every served certificate, on the admin port.
+    import urllib.request
+
+    metrics = await threads.deferToThread(
+        lambda: urllib.request.urlopen(gw.admin_url + "/metrics", timeout=5).read().decode()
+    )
+    assert 'wasmgate_tls_cert_not_after_seconds{host="api.example.com"}' in metrics
+    assert 'wasmgate_tls_cert_not_after_seconds{host="*.example.org"}' in metrics
 
 
 @pytest_twisted.ensureDeferred
