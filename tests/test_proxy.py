@@ -375,3 +375,23 @@ async def test_target_answering_5xx_is_ejected(start_upstream, start_gateway, ht
     assert hits["a"] == 2  # then ejected
     assert hits["b"] == 8
     assert codes.count(500) == 2
+
+
+def _trickle(port: int) -> tuple[bytes, float]:
+    """Send a request line and half the headers, then wait for the answer."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        return answer, time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_client_gets_408(upstream, start_gateway):
+    gw = start_gateway(gateway_yaml(upstream.url, server="  timeouts: {read: 300ms}"))
+    answer, waited = await threads.deferToThread(_trickle, _port(gw.url))
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert 0.25 < waited < 3
+    assert upstream.app.connections == 0

@@ -63,6 +63,24 @@ class GatewayRequest(server.Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.info = ExchangeInfo(time.monotonic())
+        site = self.channel.site
+        # The request line is in; headers and body must follow within the
+        # read timeout (a client trickling bytes would hold a slot forever).
+        self._read_timer = site.reactor.callLater(site.read_timeout, self._read_timed_out)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._read_timer.active():
+            self._read_timer.cancel()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._read_timer.active():
+            self._read_timer.cancel()
+        super().connectionLost(reason)
+
+    def _read_timed_out(self) -> None:
+        if not self._rejected:
+            self._refuse(408, b"Request Timeout", b"request not received in time\n")
 
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > self.channel.site.max_body_bytes:
@@ -80,29 +98,38 @@ class GatewayRequest(server.Request):
             return
         self.content.write(data)
 
+    def _reject_too_large(self) -> None:
+        self._refuse(413, b"Payload Too Large", b"request body too large\n")
+
     def process(self) -> None:
         if not self._rejected:
             super().process()
 
-    def _reject_too_large(self) -> None:
+    def _refuse(self, code: int, phrase: bytes, body: bytes) -> None:
+        """
+        Answer before the request was fully read (too large, too slow) and
+        close: written straight to the transport, as twisted.web does for
+        its own 400s, since the request never reaches a resource.
+        """
         self._rejected = True
-        self.info.error = "body too large"
+        if self._read_timer.active():
+            self._read_timer.cancel()
+        self.info.error = body.decode().strip()
         # Never invite the rest of the body with a 100 Continue.
         self.requestHeaders.removeHeader(b"expect")
-        body = b"request body too large\n"
         transport = self.channel.transport
         transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (code, phrase, len(body), body)
         )
-        self.code = 413
+        self.code = code
         self.sentLength = len(body)
         # requestReceived has not run yet: name the request for the log.
         self.method = getattr(self.channel, "_command", None) or b"-"
         self.uri = getattr(self.channel, "_path", None) or b"-"
         self.path = self.uri.split(b"?", 1)[0]
-        # Half-close so the client reads the 413 before its unsent body
+        # Half-close so the client reads the answer before its unsent body
         # could turn our close into a reset; then close for good.
         try:
             transport.loseWriteConnection()

@@ -80,6 +80,7 @@ class GatewayService(service.MultiService):
             reactor=reactor,
             max_body_bytes=config.server.max_body_bytes,
             idle_timeout=config.server.timeouts.idle,
+            read_timeout=config.server.timeouts.read,
             access_log={"log": log_sink, "off": None}.get(config.access_log, self.access_file),
             observers=[self.metrics.request_done],
         )

@@ -34,6 +34,7 @@ class GatewaySite(server.Site):
         reactor: Any,
         max_body_bytes: int,
         idle_timeout: float,
+        read_timeout: float = 10.0,
         access_log: Optional[AccessSink] = log_sink,
         observers: Iterable[RequestObserver] = (),
     ) -> None:
@@ -45,6 +46,7 @@ class GatewaySite(server.Site):
             parsePOSTFormSubmission=False,
         )
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
         self.access_log = access_log
         self.observers = list(observers)
 
