@@ -395,3 +395,34 @@ async def test_slow_client_gets_408(upstream, start_gateway):
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert 0.25 < waited < 3
     assert upstream.app.connections == 0
+
+
+def _never_read(port: int, size: int, wait: float) -> tuple[int, bool]:
+    """GET a large body, read none of it for C{wait}, then drain what is left."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /stream?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+        time.sleep(wait)
+        received, closed = 0, False
+        try:
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    closed = True
+                    break
+                received += len(data)
+        except OSError:
+            closed = True
+        return received, closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_stops_reading_is_dropped_after_the_write_timeout(upstream, start_gateway):
+    gw = start_gateway(gateway_yaml(upstream.url, server="  timeouts: {write: 300ms}"))
+    size = 64 * 1024 * 1024
+    received, closed = await threads.deferToThread(_never_read, _port(gw.url), size, 1.5)
+    assert closed and received < size
+    assert not upstream.app.stream_finished  # the upstream was told to stop, not drained
+    assert gw.service.generation.in_flight == 0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -20,6 +20,7 @@ from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from wasmgate._headers import end_to_end, forwarded_for
 from wasmgate.upstream import NoTargetAvailable, Target
@@ -536,14 +537,30 @@ class _BodyRelay(Protocol):
 
     def __init__(self, exchange: _Exchange) -> None:
         self.exchange = exchange
+        self.producer: Optional[_Backpressure] = None
 
     def connectionMade(self) -> None:
         exchange = self.exchange
         if exchange.done:
             self.transport.stopProducing()
             return
-        exchange.body_transport = self.transport
-        exchange.request.registerProducer(self.transport, True)
+        self.producer = producer = _Backpressure(
+            self.transport,
+            clock=exchange.reactor,
+            timeout=exchange.generation.config.server.timeouts.write,
+            on_stall=self._stalled,
+        )
+        exchange.body_transport = producer
+        exchange.request.registerProducer(producer, True)
+
+    def _stalled(self) -> None:
+        """The client read nothing for the write timeout: give up on it."""
+        exchange = self.exchange
+        exchange.info.error = "client stopped reading (write timeout)"
+        log.info("client stopped reading for {t}s: closing", t=exchange.generation.config.server.timeouts.write)
+        transport = exchange.request.channel.transport if exchange.request.channel else None
+        if transport is not None:
+            transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if not self.exchange.done:
@@ -552,6 +569,8 @@ class _BodyRelay(Protocol):
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         exchange = self.exchange
         exchange.body_transport = None
+        if self.producer is not None:
+            self.producer.cancel_stall_timer()
         if exchange.done:
             return
         request = exchange.request
@@ -564,6 +583,51 @@ class _BodyRelay(Protocol):
             exchange.info.error = f"upstream body failed: {reason.getErrorMessage()}"
             log.warn("upstream body failed: {error}", error=reason.getErrorMessage())
             request.loseConnection()
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """
+    The upstream body's producer as the client connection sees it: pausing
+    it pauses the upstream, and a pause longer than C{timeout} (the client
+    read nothing meanwhile) calls C{on_stall}. twisted.web suspends its idle
+    timeout while a response is being written, so without this a client
+    that stops reading would hold the connection, and an upstream one,
+    forever.
+    """
+
+    def __init__(
+        self, upstream: Any, *, clock: IReactorTime, timeout: float, on_stall: Callable[[], None]
+    ) -> None:
+        self._upstream = upstream
+        self._clock = clock
+        self._timeout = timeout
+        self._on_stall = on_stall
+        self._timer: Any = None
+
+    def pauseProducing(self) -> None:
+        self._upstream.pauseProducing()
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._stall)
+
+    def resumeProducing(self) -> None:
+        self.cancel_stall_timer()
+        self._upstream.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.cancel_stall_timer()
+        self._upstream.stopProducing()
+
+    def cancel_stall_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _stall(self) -> None:
+        self._timer = None
+        self._upstream.stopProducing()
+        self._on_stall()
 
 
 class _BodyTooLarge(Exception):
