@@ -23,9 +23,10 @@ import {
   CONTINUE,
   Json,
   JsonKind,
+  Payload,
   Request,
   Response,
-  headerValue,
+  Span,
   logError,
   logWarn,
   mergeObjects,
@@ -207,11 +208,12 @@ export function wasmgate_wants_response(): i32 {
   return baseSettings.responseHeaders.length > 0 || baseSettings.bodies ? 1 : 0;
 }
 
-function settingsFor(routeConfig: Json | null, route: string): Settings {
-  if (routeConfig === null) return baseSettings;
-  const key = routeConfig.stringify();
+/** The settings for a route whose `route_config` (an object) overrides ours. */
+function settingsFor(routeConfig: Span, route: string): Settings {
+  // Keyed by the override's text as sent, so a cached one costs no parsing.
+  const key = <string>routeConfig.text();
   if (overrides.has(key)) return overrides.get(key);
-  const r = parseSettings(mergeObjects(baseConfig, routeConfig));
+  const r = parseSettings(mergeObjects(baseConfig, <Json>routeConfig.json()));
   const s = r.settings;
   // Fail rather than run with less redaction than the route asked for.
   if (s === null) throw new Error("pii_redactor: bad route_config for route '" + route + "': " + r.error);
@@ -242,10 +244,10 @@ function contentTypeMatches(contentType: string, allowed: Array<string>): bool {
 }
 
 /** Whether a body with these headers is one we may rewrite. */
-function bodyEligible(headers: Json, s: Settings): bool {
-  const ct = headerValue(headers, "content-type");
+function bodyEligible(p: Payload, s: Settings): bool {
+  const ct = p.header("content-type");
   if (ct === null || !contentTypeMatches(ct, s.contentTypes)) return false;
-  const ce = headerValue(headers, "content-encoding");
+  const ce = p.header("content-encoding");
   return ce === null || ce.trim().length == 0 || ce.trim().toLowerCase() == "identity";
 }
 
@@ -277,25 +279,26 @@ function redactBody(body: Uint8Array, s: Settings): Uint8Array | null {
   return changed ? current : null;
 }
 
-function redactHeaders(headers: Json, names: Array<string>, action: Action): void {
+function redactHeaders(p: Payload, names: Array<string>, action: Action): void {
   for (let i = 0; i < names.length; i++) {
-    if (headers.has(names[i])) action.setHeader(names[i], HEADER_MASK);
+    if (p.hasHeader(names[i])) action.setHeader(names[i], HEADER_MASK);
   }
 }
 
 export function handle_request(ptr: usize, len: i32): i64 {
   const req: Request = readRequest(ptr, len);
-  const s = settingsFor(req.routeConfig, req.route);
+  const rc = req.member("route_config");
+  const s = rc.isObject ? settingsFor(rc, req.route) : baseSettings;
   const action = Action.proceed();
-  redactHeaders(req.headers, s.headers, action);
+  redactHeaders(req, s.headers, action);
   if (s.bodies) {
     const b64 = req.bodyBase64;
     if (b64 === null) {
-      if (!warnedNoBody && req.headers.has("content-type")) {
+      if (!warnedNoBody && req.hasHeader("content-type")) {
         warnedNoBody = true;
         logWarn("pii_redactor: body redaction is on but no request body arrived; set include_body: true on the plugin");
       }
-    } else if (bodyEligible(req.headers, s)) {
+    } else if (bodyEligible(req, s)) {
       const body = req.body();
       if (body === null) throw new Error("pii_redactor: request body is not valid base64");
       const red = redactBody(body, s);
@@ -307,18 +310,17 @@ export function handle_request(ptr: usize, len: i32): i64 {
 
 export function handle_response(ptr: usize, len: i32): i64 {
   const resp: Response = readResponse(ptr, len);
-  const rq = resp.request;
   // The route's override: top level, or inside "request" (either is accepted).
-  let rc = resp.json.get("route_config");
-  if (rc === null) rc = rq.get("route_config");
-  const route = rq.getString("route");
-  const s = settingsFor(
-    rc !== null && rc.kind == JsonKind.OBJECT ? rc : null,
-    route !== null ? route : "",
-  );
+  let rc = resp.member("route_config");
+  if (!rc.present) rc = resp.requestMember("route_config");
+  let s = baseSettings;
+  if (rc.isObject) {
+    const route = resp.requestMember("route").string();
+    s = settingsFor(rc, route !== null ? route : "");
+  }
   const action = Action.change();
-  redactHeaders(resp.headers, s.responseHeaders, action);
-  if (s.bodies && resp.bodyBase64 !== null && bodyEligible(resp.headers, s)) {
+  redactHeaders(resp, s.responseHeaders, action);
+  if (s.bodies && resp.bodyBase64 !== null && bodyEligible(resp, s)) {
     const body = resp.body();
     if (body === null) throw new Error("pii_redactor: response body is not valid base64");
     const red = redactBody(body, s);

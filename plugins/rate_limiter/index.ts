@@ -21,12 +21,12 @@
 
 import {
   Action,
-  CONTINUE,
+  ByteBuilder,
   Json,
   JsonKind,
   Request,
-  counterGet,
-  counterIncr,
+  counterGetBytes,
+  counterIncrBytes,
   logError,
   mergeObjects,
   nowMs,
@@ -135,11 +135,11 @@ export function wasmgate_init(ptr: usize, len: i32): i32 {
 function limitsFor(req: Request): Limits {
   const base = baseLimits;
   if (base === null) throw new Error("rate_limiter: wasmgate_init was not called");
-  const rc = req.routeConfig;
-  if (rc === null) return base;
-  const cacheKey = rc.stringify();
+  // Keyed by the override's text as sent, so a cached one costs no parsing.
+  const cacheKey = req.routeConfigText;
+  if (cacheKey === null) return base;
   if (overrides.has(cacheKey)) return overrides.get(cacheKey);
-  const r = parseLimits(mergeObjects(baseConfig, rc));
+  const r = parseLimits(mergeObjects(baseConfig, <Json>req.routeConfig));
   const l = r.limits;
   // A broken override must not silently fall back to looser limits: log and
   // trap, and the gateway applies the plugin's failure policy.
@@ -149,12 +149,16 @@ function limitsFor(req: Request): Limits {
   return l;
 }
 
-function clientKey(req: Request, l: Limits): string {
+/** Append the request's bucket: "h:<header value>", or the client IP. */
+function appendClientKey(key: ByteBuilder, req: Request, l: Limits): void {
   if (l.header.length > 0) {
     const v = req.header(l.header);
-    if (v !== null && v.length > 0) return "h:" + v;
+    if (v !== null && v.length > 0) {
+      key.appendString("h:").appendString(v);
+      return;
+    }
   }
-  return req.clientIp;
+  key.appendString(req.clientIp);
 }
 
 /**
@@ -179,6 +183,9 @@ function rateLimitHeader(remaining: i64, resetSeconds: i64): string {
   return "\"default\";r=" + remaining.toString() + ";t=" + resetSeconds.toString();
 }
 
+// The counter key, rebuilt in place for each request.
+const key = new ByteBuilder(128);
+
 export function handle_request(ptr: usize, len: i32): i64 {
   const req = readRequest(ptr, len);
   const l = limitsFor(req);
@@ -186,17 +193,21 @@ export function handle_request(ptr: usize, len: i32): i64 {
   const w = l.windowMs;
   const index = now / w;
   const elapsed = now - index * w;
-  const prefix = "rl:" + req.route + ":" + clientKey(req, l) + ":";
   const ttl = 2 * w;
 
-  const prev = counterGet(prefix + (index - 1).toString());
-  const currKey = prefix + index.toString();
-  const curr = counterIncr(currKey, 1, ttl);
+  // rl:<route>:<key>:<window index>
+  key.reset().appendString("rl:").appendString(req.route).appendString(":");
+  appendClientKey(key, req, l);
+  key.appendString(":");
+  const prefix = key.length;
+  const prev = counterGetBytes(key.appendInt(index - 1));
+  key.truncate(prefix).appendInt(index);
+  const curr = counterIncrBytes(key, 1, ttl);
   const weight = <f64>(w - elapsed) / <f64>w;
   const estimate = <f64>prev * weight + <f64>curr;
 
   if (estimate > <f64>l.limit) {
-    counterIncr(currKey, -1, ttl); // denied requests are not counted
+    counterIncrBytes(key, -1, ttl); // denied requests are not counted
     const retryMs = msUntilAllowed(prev, curr - 1, elapsed, l);
     const retry = ceilSeconds(retryMs);
     const a = Action.block(429, "Too Many Requests: retry in " + retry.toString() + " s\n");

@@ -4,29 +4,49 @@
 
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/** Encode bytes as base64 text. */
-export function base64Encode(data: Uint8Array): string {
-  const n = data.length;
-  const outLen = ((n + 2) / 3) * 4;
-  const out = new Uint8Array(outLen);
-  let o = 0;
+/** Length of the base64 text (with padding) for `n` bytes. */
+export function base64Length(n: i32): i32 {
+  return ((n + 2) / 3) * 4;
+}
+
+@inline function letter(v: u32): u8 {
+  return <u8>load<u16>(changetype<usize>(ALPHABET) + (<usize>(v & 63) << 1));
+}
+
+/**
+ * Encode the `n` bytes at `src` as base64 into `dst` (which must have room
+ * for `base64Length(n)` bytes); returns the length written.
+ */
+export function base64EncodeTo(src: usize, n: i32, dst: usize): i32 {
+  let o = dst;
   let i = 0;
   for (; i + 2 < n; i += 3) {
-    const v = (<u32>data[i] << 16) | (<u32>data[i + 1] << 8) | <u32>data[i + 2];
-    out[o++] = <u8>ALPHABET.charCodeAt((v >> 18) & 63);
-    out[o++] = <u8>ALPHABET.charCodeAt((v >> 12) & 63);
-    out[o++] = <u8>ALPHABET.charCodeAt((v >> 6) & 63);
-    out[o++] = <u8>ALPHABET.charCodeAt(v & 63);
+    const s = src + <usize>i;
+    const v = (<u32>load<u8>(s) << 16) | (<u32>load<u8>(s + 1) << 8) | <u32>load<u8>(s + 2);
+    store<u8>(o, letter(v >> 18));
+    store<u8>(o + 1, letter(v >> 12));
+    store<u8>(o + 2, letter(v >> 6));
+    store<u8>(o + 3, letter(v));
+    o += 4;
   }
   const rest = n - i;
   if (rest > 0) {
-    let v = <u32>data[i] << 16;
-    if (rest == 2) v |= <u32>data[i + 1] << 8;
-    out[o++] = <u8>ALPHABET.charCodeAt((v >> 18) & 63);
-    out[o++] = <u8>ALPHABET.charCodeAt((v >> 12) & 63);
-    out[o++] = rest == 2 ? <u8>ALPHABET.charCodeAt((v >> 6) & 63) : 0x3d;
-    out[o++] = 0x3d;
+    let v = <u32>load<u8>(src + <usize>i) << 16;
+    if (rest == 2) v |= <u32>load<u8>(src + <usize>i + 1) << 8;
+    store<u8>(o, letter(v >> 18));
+    store<u8>(o + 1, letter(v >> 12));
+    store<u8>(o + 2, rest == 2 ? letter(v >> 6) : 0x3d);
+    store<u8>(o + 3, 0x3d);
+    o += 4;
   }
+  return <i32>(o - dst);
+}
+
+/** Encode bytes as base64 text. */
+export function base64Encode(data: Uint8Array): string {
+  const outLen = base64Length(data.length);
+  const out = new Uint8Array(outLen);
+  base64EncodeTo(data.dataStart, data.length, out.dataStart);
   return String.UTF8.decodeUnsafe(out.dataStart, outLen);
 }
 

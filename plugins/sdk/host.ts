@@ -4,6 +4,8 @@
 // have), wrapped so filters pass strings instead of pointers. An import is
 // only emitted when a filter actually uses it.
 
+import { ByteBuilder } from "./bytes";
+
 @external("wasmgate", "now_ms")
 declare function _now_ms(): i64;
 
@@ -51,4 +53,14 @@ export function counterIncr(key: string, delta: i64, ttlMs: i64): i64 {
 export function counterGet(key: string): i64 {
   const buf = String.UTF8.encode(key);
   return _counter_get(changetype<usize>(buf), buf.byteLength);
+}
+
+/** `counterIncr` with the key's UTF-8 bytes in `key` (built without allocating). */
+export function counterIncrBytes(key: ByteBuilder, delta: i64, ttlMs: i64): i64 {
+  return _counter_incr(key.dataStart, key.length, delta, ttlMs);
+}
+
+/** `counterGet` with the key's UTF-8 bytes in `key`. */
+export function counterGetBytes(key: ByteBuilder): i64 {
+  return _counter_get(key.dataStart, key.length);
 }

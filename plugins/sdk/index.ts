@@ -3,6 +3,8 @@
 // The wasmgate filter SDK: import what you need from "../sdk".
 
 export * from "./json";
+export * from "./view";
+export * from "./writer";
 export * from "./base64";
 export * from "./bytes";
 export * from "./duration";

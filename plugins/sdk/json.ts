@@ -3,6 +3,11 @@
 // A small JSON value, parser and serializer: just enough for the wasmgate
 // JSON ABI payloads. Objects keep their keys in insertion order so output is
 // deterministic; lookups are linear because payload objects are small.
+//
+// Filters read their hot-path input in place (view.ts) and write output with
+// a JsonWriter (writer.ts); this tree is for configs and anything irregular.
+
+import { JsonWriter } from "./writer";
 
 export const enum JsonKind {
   NULL = 0,
@@ -136,9 +141,7 @@ export class Json {
   }
 
   stringify(): string {
-    const out = new Array<string>();
-    writeValue(out, this);
-    return out.join("");
+    return new JsonWriter().value(this).toString();
   }
 
   toString(): string {
@@ -146,98 +149,15 @@ export class Json {
   }
 }
 
-// ---------------------------------------------------------------- serializer
+// ------------------------------------------------------------------ numbers
 
-const HEX = "0123456789abcdef";
-
-function writeValue(out: Array<string>, v: Json): void {
-  switch (v.kind) {
-    case JsonKind.NULL:
-      out.push("null");
-      break;
-    case JsonKind.BOOL:
-      out.push(v.b ? "true" : "false");
-      break;
-    case JsonKind.NUMBER:
-      out.push(formatNumber(v.n));
-      break;
-    case JsonKind.STRING:
-      writeString(out, v.s);
-      break;
-    case JsonKind.ARRAY: {
-      out.push("[");
-      for (let i = 0, n = v.items.length; i < n; i++) {
-        if (i > 0) out.push(",");
-        writeValue(out, v.items[i]);
-      }
-      out.push("]");
-      break;
-    }
-    default: {
-      out.push("{");
-      for (let i = 0, n = v.keys.length; i < n; i++) {
-        if (i > 0) out.push(",");
-        writeString(out, v.keys[i]);
-        out.push(":");
-        writeValue(out, v.items[i]);
-      }
-      out.push("}");
-    }
-  }
-}
-
-/** Integers print without a fraction; non-finite numbers become null. */
+/** How `stringify` prints a number: integers print without a fraction; non-finite numbers become null. */
 export function formatNumber(n: f64): string {
   if (!isFinite(n)) return "null";
   if (n == Math.floor(n) && Math.abs(n) < 9007199254740992.0) {
     return (<i64>n).toString();
   }
   return n.toString();
-}
-
-function needsEscape(c: i32): bool {
-  // Surrogates are escaped too, so a lone one can never produce invalid UTF-8.
-  return c < 0x20 || c == 0x22 || c == 0x5c || (c >= 0xd800 && c <= 0xdfff);
-}
-
-/** Append `s` as a JSON string literal. */
-export function writeString(out: Array<string>, s: string): void {
-  const n = s.length;
-  let clean = true;
-  for (let i = 0; i < n; i++) {
-    if (needsEscape(s.charCodeAt(i))) {
-      clean = false;
-      break;
-    }
-  }
-  if (clean) {
-    out.push("\"" + s + "\"");
-    return;
-  }
-  out.push("\"");
-  let start = 0;
-  for (let i = 0; i < n; i++) {
-    const c = s.charCodeAt(i);
-    if (!needsEscape(c)) continue;
-    if (i > start) out.push(s.substring(start, i));
-    start = i + 1;
-    if (c == 0x22) out.push("\\\"");
-    else if (c == 0x5c) out.push("\\\\");
-    else if (c == 0x0a) out.push("\\n");
-    else if (c == 0x0d) out.push("\\r");
-    else if (c == 0x09) out.push("\\t");
-    else {
-      out.push(
-        "\\u" +
-          HEX.charAt((c >> 12) & 15) +
-          HEX.charAt((c >> 8) & 15) +
-          HEX.charAt((c >> 4) & 15) +
-          HEX.charAt(c & 15),
-      );
-    }
-  }
-  if (start < n) out.push(s.substring(start));
-  out.push("\"");
 }
 
 // -------------------------------------------------------------------- parser
