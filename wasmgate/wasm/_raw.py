@@ -109,6 +109,10 @@ class CheckedPath:
     name = "checked"
 
     @staticmethod
+    def on_epoch_deadline(store: wasmtime.Store, decide: Callable[[], Optional[int]]) -> bool:
+        return False  # the public API has no deadline callback: deadlines stay wall-clock
+
+    @staticmethod
     def set_epoch_deadline(store: wasmtime.Store, ticks: int) -> None:
         store.set_epoch_deadline(ticks)
 
@@ -201,6 +205,13 @@ class RawPath:
             ("wasmtime_context_set_epoch_deadline", dll)
         )
         self._callback_type = proto(c_size_t, c_void_p, c_void_p, ctypes.POINTER(_ffi.wasmtime_val_raw), c_size_t)
+        self._deadline_type = proto(
+            c_void_p, c_void_p, c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint8)
+        )
+        self._set_deadline_callback = proto(None, c_void_p, self._deadline_type, c_void_p, c_void_p)(
+            ("wasmtime_store_epoch_deadline_callback", dll)
+        )
+        self._error_new = quick(c_void_p, ctypes.c_char_p)(("wasmtime_error_new", dll))
         self._val_raw = _ffi.wasmtime_val_raw
         self._trap_ptr_type = ctypes.POINTER(_ffi.wasm_trap_t)
         self._error_ptr_type = ctypes.POINTER(_ffi.wasmtime_error_t)
@@ -218,6 +229,30 @@ class RawPath:
 
     def set_epoch_deadline(self, store: wasmtime.Store, ticks: int) -> None:
         self._set_deadline(self._context(store), ticks)
+
+    def on_epoch_deadline(self, store: wasmtime.Store, decide: Callable[[], Optional[int]]) -> bool:
+        """
+        When the store's epoch deadline passes, ask C{decide()} (on the
+        guest's thread): a number of ticks to go on for, or C{None} to stop
+        the guest, which then fails like an interrupted one.
+        """
+        error_new = self._error_new
+
+        def callback(context: int, data: int, delta: Any, kind: Any) -> Optional[int]:
+            try:
+                more = decide()
+            except BaseException:  # never let an exception unwind into wasmtime
+                more = None
+            if more is None:
+                return error_new(b"epoch deadline exceeded")  # type: ignore[no-any-return]
+            delta[0] = max(1, int(more))
+            kind[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+            return None
+
+        c_callback = self._deadline_type(callback)
+        store._wasmgate_deadline_callback = c_callback  # type: ignore[attr-defined]  # keep it alive
+        self._set_deadline_callback(ctypes.cast(store.ptr(), c_void_p).value, c_callback, None, None)
+        return True
 
     def _raise_from(self, err: Optional[int], trap: c_void_p) -> None:
         if trap.value:

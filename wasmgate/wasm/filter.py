@@ -172,6 +172,33 @@ class InstanceContext:
         self.dead = False
         self.mem_size = 0
         self._callers: dict[str, Any] = {}
+        # The deadline of the call in progress (see start_clock).
+        self.cpu_start = 0.0
+        self.wall_start = 0.0
+        self.limit = 0.0
+        self.deadline_hit = False
+
+    def start_clock(self, limit: float) -> None:
+        """
+        A call with C{limit} seconds of this thread's CPU time starts now.
+
+        Deadlines are CPU time, not wall time: on a busy gateway a filter
+        thread waits for the GIL (inside host calls too), and that wait is
+        no fault of the guest. A wall-clock cap of ten times the limit still
+        bounds a call that mostly waits.
+        """
+        self.cpu_start = time.thread_time()
+        self.wall_start = time.monotonic()
+        self.limit = limit
+        self.deadline_hit = False
+
+    def on_deadline(self) -> Optional[int]:
+        """The epoch deadline passed: ticks to go on for, or None to stop."""
+        used = time.thread_time() - self.cpu_start
+        if used >= self.limit or time.monotonic() - self.wall_start >= 10 * self.limit:
+            self.deadline_hit = True
+            return None
+        return self.filter.engine.deadline_ticks((self.limit - used) * 1000)
 
     def record_host_error(self, exc: BaseException) -> None:
         if self.host_error is None:
@@ -320,6 +347,8 @@ class WasmFilter:
             store.set_fuel(self.fuel if self.fuel is not None else _UNLIMITED_FUEL)
         store.set_epoch_deadline(self._init_ticks)
         ctx = InstanceContext(self, store)
+        ctx.path.on_epoch_deadline(store, ctx.on_deadline)
+        ctx.start_clock(max(self.timeout_ms, INIT_TIMEOUT_MS) / 1000)
         try:
             for imp in self.module.imports:
                 spec = self._hosts[(imp.module, imp.name)]
@@ -578,6 +607,7 @@ class WasmFilter:
             with ctx.lock:
                 if ctx.dead:
                     raise FilterFailure(self.name, "load", "filter is closed")
+                ctx.start_clock(self.timeout_ms / 1000)
                 ctx.path.set_epoch_deadline(ctx.store, self._ticks)
                 if self.fuel is not None:
                     ctx.store.set_fuel(self.fuel)
@@ -612,7 +642,8 @@ class WasmFilter:
                 return "state", str(host_error)
             return "trap", "host function failed: %s" % (host_error,)
         code = trap.code
-        if code is wasmtime.TrapCode.INTERRUPT:
+        if code is wasmtime.TrapCode.INTERRUPT or ctx.deadline_hit:
+            ctx.deadline_hit = False
             return "timeout", "exceeded its %g ms time limit" % (self.timeout_ms,)
         if code is wasmtime.TrapCode.OUT_OF_FUEL:
             return "timeout", "ran out of fuel (%d)" % (self.fuel or 0,)
