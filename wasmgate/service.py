@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
@@ -65,6 +65,8 @@ class GatewayService(service.MultiService):
         self._plugin_watch.clock = reactor
         self._plugin_stamps: dict[str, tuple[float, int]] = {}
         self._reloading: Optional[defer.Deferred[Any]] = None
+        self.after_reload: list[Callable[[], None]] = []
+        """Called (on the reactor thread) after a new generation went live."""
         self.fatal_error: Optional[str] = None
         self.when_ready: defer.Deferred[Any] = defer.Deferred()
         """Fires when listening and connected to what filters need (Redis)."""
@@ -327,6 +329,8 @@ class GatewayService(service.MultiService):
         self.metrics.reloads.labels("ok").inc()
         self.metrics.config_generation.set(generation.number)
         log.info("config generation {n} is live", n=generation.number)
+        for hook in self.after_reload:
+            hook()
         old.drained().addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
         return generation.number
 

@@ -5,6 +5,7 @@ config, and SIGHUP wired to reload.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -55,6 +56,38 @@ class _Signals(service.Service):
         self.gateway.reload().addErrback(lambda failure: None)  # logged by reload
 
 
+class _GarbageCollection(service.Service):
+    """
+    The process-wide garbage collector, tuned for a long-running server
+    (only here, in the process twistd runs, never in a library user's):
+    once started, everything built so far (modules, config, code) is frozen
+    out of collections, and young-generation collections run every 10,000
+    allocations instead of 700. Measured under load this halves the time
+    spent collecting (which showed as filters overrunning their deadlines
+    when a collection ran inside one). After a reload the old generation is
+    let go and the survivors are frozen again.
+    """
+
+    def __init__(self, gateway: GatewayService) -> None:
+        self.gateway = gateway
+
+    def startService(self) -> None:
+        super().startService()
+        gc.set_threshold(10_000, 20, 20)
+        from twisted.internet import reactor
+
+        reactor.callWhenRunning(self._freeze)
+        self.gateway.after_reload.append(self._refreeze)
+
+    def _freeze(self) -> None:
+        gc.collect()
+        gc.freeze()
+
+    def _refreeze(self) -> None:
+        gc.unfreeze()
+        self._freeze()
+
+
 def make_twistd_service(config_path: str) -> service.IService:
     from twisted.internet import reactor
 
@@ -65,6 +98,7 @@ def make_twistd_service(config_path: str) -> service.IService:
         sys.stderr.flush()
         raise SystemExit(1)
     _Signals(gateway, reactor).setServiceParent(gateway)
+    _GarbageCollection(gateway).setServiceParent(gateway)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, gateway)
     return gateway
 
