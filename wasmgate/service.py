@@ -66,7 +66,7 @@ class GatewayService(service.MultiService):
         self._plugin_stamps: dict[str, tuple[float, int]] = {}
         self._reloading: Optional[defer.Deferred[Any]] = None
         self.after_reload: list[Callable[[], None]] = []
-        """Called (on the reactor thread) after a new generation went live."""
+        """Called (on the reactor thread) once a reload's old generation is closed."""
         self.fatal_error: Optional[str] = None
         self.when_ready: defer.Deferred[Any] = defer.Deferred()
         """Fires when listening and connected to what filters need (Redis)."""
@@ -329,9 +329,10 @@ class GatewayService(service.MultiService):
         self.metrics.reloads.labels("ok").inc()
         self.metrics.config_generation.set(generation.number)
         log.info("config generation {n} is live", n=generation.number)
-        for hook in self.after_reload:
-            hook()
-        old.drained().addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
+        retired = old.drained()
+        retired.addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
+        retired.addCallback(lambda _: [hook() for hook in self.after_reload])
+        retired.addErrback(lambda f: log.failure("closing config generation {n}", f, n=old.number))
         return generation.number
 
 
