@@ -255,13 +255,20 @@ async def test_sd_notify_ready_reloading_stopping(tmp_path, upstream):
 @pytest_twisted.ensureDeferred
 async def test_access_log_to_its_own_file_and_reopened_on_reload(tmp_path, upstream, start_gateway, http):
     path = tmp_path / "access.jsonl"
-    gw = start_gateway(gateway_yaml(upstream.url) + f"access_log: {path}\n")
-    await _get(http, gw.url + "/users/42?token=secret", headers={"Authorization": "Bearer x"})
+    text = gateway_yaml(upstream.url).replace('["10.0.0.0/8"]', '["127.0.0.1/32"]')
+    gw = start_gateway(text + f"access_log: {path}\n")
+    await _get(
+        http,
+        gw.url + "/users/42?token=secret",
+        headers={"Authorization": "Bearer x", "X-Forwarded-For": "203.0.113.9"},
+    )
     gw.service.access_file.flush()
     [line] = path.read_text().splitlines()
     entry = json.loads(line)
     assert (entry["method"], entry["path"], entry["status"], entry["route"]) == ("GET", "/users/42", 200, "all")
     assert entry["upstream"] == upstream.url
+    assert entry["path_template"] == "/users/{id}"
+    assert entry["client_ip"] == "203.0.113.9"  # behind a trusted proxy
     assert "secret" not in line and "Bearer" not in line  # no query, no request headers
     # logrotate moved the file; the reload (SIGHUP) opens a new one.
     os.replace(path, tmp_path / "access.jsonl.1")

@@ -38,7 +38,9 @@ _RESPONSE_DROP = (b"content-length",)
 class ExchangeInfo:
     """What the access log and metrics want to know about one request."""
 
-    __slots__ = ("route", "target", "decisions", "started", "error", "upstream", "upstream_status")
+    __slots__ = (
+        "route", "target", "decisions", "started", "error", "upstream", "upstream_status", "client_ip"
+    )
 
     def __init__(self, started: float) -> None:
         self.route: str = ""
@@ -48,6 +50,8 @@ class ExchangeInfo:
         self.started = started
         self.error: str = ""
         self.upstream_status: str = ""
+        self.client_ip: str = ""
+        """After trusted-proxy handling; empty when no route was found."""
 
 
 class GatewayRequest(server.Request):
@@ -209,6 +213,7 @@ class _Exchange:
             request.requestHeaders.getRawHeaders(b"x-forwarded-for", ()),
             generation.config.server.trusted_proxies,
         )
+        self.info.client_ip = client_ip
         scheme = "https" if request.isSecure() else "http"
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))

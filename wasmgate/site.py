@@ -13,6 +13,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from wasmgate.accesslog import AccessSink, log_sink
+from wasmgate.metrics import normalise_path
 from wasmgate.proxy import GatewayRequest
 
 RequestObserver = Callable[[GatewayRequest, float], None]
@@ -57,12 +58,13 @@ class GatewaySite(server.Site):
             observe(request, duration)
         if self.access_log is None:
             return
-        peer = request.getClientAddress()
+        path = request.path.decode("latin-1", "replace")
         line = {
             "time": round(time.time(), 3),
-            "client_ip": getattr(peer, "host", ""),
+            "client_ip": info.client_ip or getattr(request.getClientAddress(), "host", ""),
             "method": request.method.decode("latin-1", "replace"),
-            "path": request.path.decode("latin-1", "replace"),
+            "path": path,
+            "path_template": normalise_path(path),
             "route": info.route,
             "status": request.code,
             "bytes": request.sentLength,
