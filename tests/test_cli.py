@@ -170,3 +170,28 @@ def test_plugin_inspect():
     assert result.returncode == 0, result.stdout
     assert "ABI:      json" in result.stdout
     assert "handle_response" in result.stdout
+
+
+def test_check_validates_the_tls_section(tmp_path):
+    from tests.certs import issue, make_ca, write_pair
+
+    ca = make_ca()
+    write_pair(issue(ca, ["a.example.com"]), tmp_path / "a.pem", tmp_path / "a.key")
+    other = issue(ca, ["b.example.com"])
+    write_pair(issue(ca, ["b.example.com"]), tmp_path / "b.pem", tmp_path / "unused.key")
+    (tmp_path / "b.key").write_bytes(other.key_pem)  # a key that is not b.pem's
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "server:\n  listen: tcp:8443\n  tls:\n    certificates:\n"
+        "      - {hosts: [a.example.com], cert: a.pem, key: a.key}\n"
+        "      - {hosts: [b.example.com], cert: b.pem, key: b.key}\n"
+        "routes: [{match: {path_prefix: /}, upstream: u}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
+    )
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 1
+    [line] = [l for l in check.stderr.splitlines() if "b.key" in l or "b.pem" in l]
+    assert line.startswith(f"{path}: server.tls: ")
+    assert f"{tmp_path / 'b.key'}: private key does not match the certificate in {tmp_path / 'b.pem'}" in line
+    twistd = run(TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(path))
+    assert twistd.returncode != 0 and "server.tls" in twistd.stderr
