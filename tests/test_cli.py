@@ -195,3 +195,15 @@ def test_check_validates_the_tls_section(tmp_path):
     assert f"{tmp_path / 'b.key'}: private key does not match the certificate in {tmp_path / 'b.pem'}" in line
     twistd = run(TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(path))
     assert twistd.returncode != 0 and "server.tls" in twistd.stderr
+
+
+def test_systemd_listener_without_a_socket_is_a_clear_error(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        'server: {listen: "systemd:domain=INET:index=0"}\n'
+        "routes: [{match: {path_prefix: /}, upstream: u}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
+    )
+    twistd = run(TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(path))
+    assert twistd.returncode != 0
+    assert f"{path}: server.listen[0]: cannot listen on 'systemd:domain=INET:index=0': systemd passed no such socket" in twistd.stderr

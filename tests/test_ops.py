@@ -290,3 +290,50 @@ async def test_access_log_off(tmp_path, upstream, start_gateway, http):
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert not [e for e in events if e.get("log_namespace") == "wasmgate.access"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_systemd_socket_activation(tmp_path, upstream):
+    """The listening socket comes from systemd (LISTEN_FDS), not from us."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"""
+server:
+  listen: "systemd:domain=INET:index=0"
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+routes:
+  - {{match: {{path_prefix: /}}, upstream: backend}}
+upstreams:
+  backend: {{targets: ["{upstream.url}"]}}
+""")
+    fd = listener.fileno()
+
+    def as_fd_3() -> None:  # sd_listen_fds(3): the first passed socket is fd 3
+        os.dup2(fd, 3)
+
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "{TWISTD}" --pidfile= -n wasmgate -c "{config}"'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        pass_fds=(fd, 3),
+        preexec_fn=as_fd_3,
+        cwd=tmp_path,
+    )
+    listener.close()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = await threads.deferToThread(_blocking_get, port, "/echo")
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read().decode()
+                assert time.monotonic() < deadline
+                await _sleep(0.1)
+        assert status == 200 and json.loads(body)["uri"] == "/echo"
+    finally:
+        process.terminate()
+        await threads.deferToThread(process.wait, 20)

@@ -90,8 +90,16 @@ class GatewayService(service.MultiService):
         if config.server.tls is not None:
             self.certificates = _certificate_store(config, self.metrics)
         self.listeners = []
-        for description in config.server.listen:
-            endpoint = endpoints.serverFromString(reactor, _with_backlog(description))
+        for i, description in enumerate(config.server.listen):
+            try:
+                endpoint = endpoints.serverFromString(reactor, _with_backlog(description))
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                why = str(e) or type(e).__name__
+                if description.startswith("systemd:") and isinstance(e, (KeyError, IndexError)):
+                    why = "systemd passed no such socket (LISTEN_FDS); is the wasmgate.socket unit active?"
+                raise ConfigError(
+                    config.source, [f"server.listen[{i}]: cannot listen on {description!r}: {why}"]
+                ) from None
             if self.certificates is not None:
                 endpoint = tls_endpoint(endpoint, self.certificates)
             listener = StreamServerEndpointService(endpoint, self.site)
