@@ -34,6 +34,7 @@ import {
   readRequest,
   readResponse,
   respond,
+  configShapeError,
   unknownKeyError,
 } from "../sdk";
 import { Pattern, compilePattern } from "./pattern";
@@ -122,13 +123,9 @@ function boolOption(cfg: Json, key: string, r: Parsed): bool {
 
 function parseSettings(cfg: Json): Parsed {
   const r = new Parsed();
-  if (cfg.kind != JsonKind.OBJECT) {
-    r.error = "config must be an object";
-    return r;
-  }
-  const unknown = unknownKeyError(cfg, CONFIG_KEYS);
-  if (unknown.length > 0) {
-    r.error = unknown;
+  const shape = configShapeError(cfg, CONFIG_KEYS);
+  if (shape.length > 0) {
+    r.error = shape;
     return r;
   }
   const s = defaultSettings();

@@ -34,7 +34,7 @@ import {
   readConfig,
   readRequest,
   respond,
-  unknownKeyError,
+  configShapeError,
 } from "../sdk";
 
 export { wasmgate_alloc } from "../sdk";
@@ -63,13 +63,9 @@ const overrides = new Map<string, Limits>();
 
 function parseLimits(cfg: Json): Parsed {
   const r = new Parsed();
-  if (cfg.kind != JsonKind.OBJECT) {
-    r.error = "config must be an object";
-    return r;
-  }
-  const unknown = unknownKeyError(cfg, CONFIG_KEYS);
-  if (unknown.length > 0) {
-    r.error = unknown;
+  const shape = configShapeError(cfg, CONFIG_KEYS);
+  if (shape.length > 0) {
+    r.error = shape;
     return r;
   }
   const l = new Limits();

@@ -556,6 +556,15 @@ export function unknownKeyError(obj: Json, allowed: Array<string>): string {
   return "";
 }
 
+/**
+ * Why `cfg` is no usable config object: not an object, or a key not in
+ * `allowed`; "" when it is fine. The shared first check of a filter's config.
+ */
+export function configShapeError(cfg: Json, allowed: Array<string>): string {
+  if (cfg.kind != JsonKind.OBJECT) return "config must be an object";
+  return unknownKeyError(cfg, allowed);
+}
+
 /** `base` with the members of `over` set over it (a shallow merge). */
 export function mergeObjects(base: Json, over: Json): Json {
   const out = Json.Obj();
