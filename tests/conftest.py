@@ -18,7 +18,38 @@ from treq.client import HTTPClient
 
 from tests.upstream_app import CountingSite, UpstreamApp
 from wasmgate.config import load_config
+from twisted.python.threadpool import ThreadPool
+
 from wasmgate.service import GatewayService
+from wasmgate.wasm.engine import WasmEngine
+
+
+class CountingPool(ThreadPool):
+    """A real thread pool that counts how many jobs it was given."""
+
+    jobs = 0
+
+    def callInThreadWithCallback(self, *a: Any, **kw: Any) -> None:
+        self.jobs += 1
+        super().callInThreadWithCallback(*a, **kw)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[WasmEngine]:
+    """A started wasm engine (modules that need variants define their own)."""
+    e = WasmEngine()
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def pool() -> Iterator[CountingPool]:
+    """A filter thread pool of 4 that counts its jobs."""
+    p = CountingPool(minthreads=1, maxthreads=4, name="test-filters")
+    p.start()
+    yield p
+    p.stop()
 
 
 class RunningUpstream:

@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 
 from tests import httpwasm_guests as h
 from tests import wasm_guests as g
+from tests.conftest import CountingPool
 from wasmgate.testing import load_wasm, make_request
 from wasmgate.wasm.chain import FilterChain
 from wasmgate.wasm.engine import WasmEngine
@@ -26,30 +27,6 @@ from wasmgate.wasm.inspect import inspect_module
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
 
 AS_GUEST = os.path.join(os.path.dirname(__file__), "guests", "httpwasm_as", "httpwasm_as.wasm")
-
-
-@pytest.fixture(scope="module")
-def engine():
-    e = WasmEngine()
-    e.start()
-    yield e
-    e.stop()
-
-
-class CountingPool(ThreadPool):
-    jobs = 0
-
-    def callInThreadWithCallback(self, *a: Any, **kw: Any) -> None:
-        self.jobs += 1
-        super().callInThreadWithCallback(*a, **kw)
-
-
-@pytest.fixture
-def pool():
-    p = CountingPool(minthreads=1, maxthreads=4, name="test-httpwasm")
-    p.start()
-    yield p
-    p.stop()
 
 
 def make(engine: WasmEngine, source: Any, name: str = "hw", **kw: Any) -> WasmFilter:

@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
 import pytest_twisted
 import wasmtime
 from twisted.internet import reactor
@@ -16,37 +15,12 @@ from twisted.internet.defer import gatherResults
 from twisted.python.threadpool import ThreadPool
 
 from tests import wasm_guests as g
+from tests.conftest import CountingPool
 from wasmgate.state import MemoryCounterStore
 from wasmgate.wasm.chain import FilterChain
 from wasmgate.wasm.engine import WasmEngine
 from wasmgate.wasm.filter import WasmFilter
 from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
-
-
-class CountingPool(ThreadPool):
-    """A real thread pool that counts how many jobs it was given."""
-
-    jobs = 0
-
-    def callInThreadWithCallback(self, *a: Any, **kw: Any) -> None:
-        self.jobs += 1
-        super().callInThreadWithCallback(*a, **kw)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    e = WasmEngine()
-    e.start()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
-def pool():
-    p = CountingPool(minthreads=1, maxthreads=4, name="test-filters")
-    p.start()
-    yield p
-    p.stop()
 
 
 class Recorder:
