@@ -5,6 +5,7 @@ L{wasmgate.wasm._raw}, on real wasmtime.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -148,6 +149,29 @@ def test_epoch_timeout(engine: WasmEngine) -> None:
     with pytest.raises(_raw.GuestTrap) as e:
         g.fn("spin")(0, 0)
     elapsed = time.monotonic() - started
+    assert e.value.code is wasmtime.TrapCode.INTERRUPT
+    assert 0.02 <= elapsed < 1.0
+
+
+def test_epoch_timeout_after_starved_ticker(engine: WasmEngine) -> None:
+    """
+    A ticker that could not run for a while (another thread held the GIL)
+    does not fire the next deadline early by catching up.
+    """
+    g = _Guest(engine)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # this thread keeps the GIL while it spins
+    try:
+        until = time.monotonic() + 0.1
+        while time.monotonic() < until:
+            pass
+        g.store.set_epoch_deadline(engine.deadline_ticks(30))
+        started = time.monotonic()
+        with pytest.raises(_raw.GuestTrap) as e:
+            g.fn("spin")(0, 0)  # lets go of the GIL: the ticker runs again
+        elapsed = time.monotonic() - started
+    finally:
+        sys.setswitchinterval(old)
     assert e.value.code is wasmtime.TrapCode.INTERRUPT
     assert 0.02 <= elapsed < 1.0
 

@@ -4,9 +4,11 @@ One wasmtime engine for the process: epoch ticker and compiled-module cache.
 
 Timeouts use epoch interruption: a daemon thread bumps the engine's epoch
 every C{tick_ms}, and each call sets a deadline a number of ticks ahead.
-The ticker counts ticks from the wall clock, not from its wake-ups, so a
-late wake-up (the thread needs the GIL) catches up instead of stretching
-every timeout.
+The ticker bumps the epoch once per wake-up and never catches up after a
+late one (the thread needs the GIL): a deadline is set relative to the
+current epoch, so a burst of catch-up ticks would fire it early and kill a
+call that was within its budget. A late tick can only make a timeout
+longer, never shorter; filters measure their CPU time on each tick anyway.
 
 Fuel is an engine-level switch (C{fuel=False} by default): measured with
 wasmtime 50, C{consume_fuel} leaves the per-call cost unchanged (0.56 us)
@@ -19,7 +21,6 @@ import hashlib
 import os
 import platform
 import threading
-import time
 from typing import Optional
 
 import wasmtime
@@ -113,13 +114,8 @@ class WasmEngine:
     def _tick(self, stop: threading.Event) -> None:
         interval = self.tick_ms / 1000.0
         increment = self.engine.increment_epoch
-        start = time.monotonic()
-        done = 0
         while not stop.wait(interval):
-            due = int((time.monotonic() - start) / interval)
-            while done < due:
-                increment()
-                done += 1
+            increment()
 
     def deadline_ticks(self, timeout_ms: float) -> int:
         """Epoch ticks to allow for C{timeout_ms} (one extra for the tick in progress)."""
