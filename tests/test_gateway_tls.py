@@ -153,3 +153,40 @@ upstreams:
     lines = [formatEvent(e) for e in events]
     [line] = [line for line in lines if line.startswith("upstream bad")]
     assert "VerificationError" in line and "localhost" in line and "-> 502" in line, line
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_adds_a_certificate_and_refuses_a_bad_one(tmp_path, upstream, start_gateway):
+    """
+    A reload that adds a host to server.tls serves its certificate to new
+    handshakes; a reload naming a key that does not match keeps the old
+    store whole.
+    """
+    ca = _setup(tmp_path)
+    gw = start_gateway(_tls_server(upstream.url))
+    cafile = str(tmp_path / "ca.pem")
+    port = _port(gw.url)
+    serial, _, _ = await threads.deferToThread(_https_get, port, "new.example.net", cafile)
+    assert serial == 101  # not configured yet: the default certificate
+    write_pair(issue(ca, ["new.example.net"], serial=404), tmp_path / "new.pem", tmp_path / "new.key")
+    config = tmp_path / "gateway.yaml"
+    text = config.read_text()
+    added = "      - {hosts: [new.example.net], cert: new.pem, key: new.key}\n"
+    config.write_text(text.replace("      - {hosts: [api.example.com]", added + "      - {hosts: [api.example.com]"))
+    await gw.service.reload()
+    serial, status, _ = await threads.deferToThread(_https_get, port, "new.example.net", cafile)
+    assert (serial, status) == (404, 200)
+    serial, _, _ = await threads.deferToThread(_https_get, port, "www.example.org", cafile)
+    assert serial == 202
+
+    # The api key swapped for another: refused, the current store stays.
+    write_pair(issue(ca, ["other.example.com"], serial=505), tmp_path / "other.pem", tmp_path / "other.key")
+    config.write_text(config.read_text().replace("key: new.key", "key: other.key"))
+    try:
+        await gw.service.reload()
+    except Exception as e:
+        assert "server.tls" in str(e) and "new.pem" in str(e)
+    else:
+        raise AssertionError("a mismatched key was accepted")
+    serial, status, _ = await threads.deferToThread(_https_get, port, "new.example.net", cafile)
+    assert (serial, status) == (404, 200)

@@ -279,6 +279,66 @@ async def test_access_log_to_its_own_file_and_reopened_on_reload(tmp_path, upstr
 
 
 @pytest_twisted.ensureDeferred
+async def test_reload_applies_limits_threads_and_access_log(tmp_path, upstream, start_gateway, http):
+    """
+    A reload applies the body limit, the filter thread count and where the
+    access log goes; settings that need a restart are named in a warning;
+    an access-log file that cannot be opened refuses the reload.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    gw = start_gateway(gateway_yaml(upstream.url, server="  max_body_bytes: 100000"))
+    response, _ = await _get(http, gw.url + "/echo", method="POST", data=b"x" * 5000)
+    assert response.code == 200
+    path = tmp_path / "access.jsonl"
+    config = Path(gw.path)
+    text = config.read_text().replace("max_body_bytes: 100000", "max_body_bytes: 1000")
+    text = text.replace('listen: "tcp:0:interface=127.0.0.1"\nroutes', 'listen: "tcp:0:interface=::1"\nroutes')
+    config.write_text(text + f"access_log: {path}\nfilters: {{threads: 7, epoch_tick: 2ms}}\n")
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await gw.service.reload()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if e["log_level"].name == "warn"]
+    assert "filters.epoch_tick changed: takes effect only after a restart" in warnings
+    assert "admin.listen changed: takes effect only after a restart" in warnings
+    assert gw.service.filter_pool.max == 7
+    response, _ = await _get(http, gw.url + "/echo", method="POST", data=b"x" * 5000)
+    assert response.code == 413
+    gw.service.access_file.flush()
+    assert json.loads(path.read_text())["status"] == 413
+
+    # Back to the twisted.logger sink: the file is closed, lines go there.
+    config.write_text(config.read_text().replace(f"access_log: {path}", "access_log: log"))
+    await gw.service.reload()
+    assert gw.service.access_file is None
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await _get(http, gw.url + "/after")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e for e in events if e.get("log_namespace") == "wasmgate.access"]
+    assert len(path.read_text().splitlines()) == 1
+
+    # A file that cannot be opened: the reload is refused, nothing changes.
+    config.write_text(
+        config.read_text().replace("access_log: log", f"access_log: {tmp_path}")  # a directory
+        .replace("max_body_bytes: 1000", "max_body_bytes: 100000")
+    )
+    try:
+        await gw.service.reload()
+    except Exception as e:
+        assert "access_log: cannot open" in str(e) and str(config) in str(e)
+    else:
+        raise AssertionError("an access log that cannot be opened was accepted")
+    response, _ = await _get(http, gw.url + "/echo", method="POST", data=b"x" * 5000)
+    assert response.code == 413
+
+
+@pytest_twisted.ensureDeferred
 async def test_access_log_off(tmp_path, upstream, start_gateway, http):
     from twisted.logger import globalLogPublisher
 

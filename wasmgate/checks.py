@@ -12,13 +12,10 @@ def deep_check(config: GatewayConfig) -> list[str]:
     """Problems found by loading what the config points at (empty: fine)."""
     problems: list[str] = []
     if config.server.tls is not None:
-        from wasmgate.tls import CertificateSpec, validate_certificates
+        from wasmgate.tls import certificate_specs, validate_certificates
 
         problems.extend(
-            f"server.tls: {p}"
-            for p in validate_certificates(
-                [CertificateSpec(hosts=c.hosts, cert=c.cert, key=c.key) for c in config.server.tls.certificates]
-            )
+            f"server.tls: {p}" for p in validate_certificates(certificate_specs(config.server.tls))
         )
     if config.plugins:
         from wasmgate.wasm.runtime import check_plugins

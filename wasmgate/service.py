@@ -21,7 +21,14 @@ from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_con
 from wasmgate.generation import Generation, build_generation
 from wasmgate.metrics import GatewayMetrics
 from wasmgate.systemd import Notifier
-from wasmgate.tls import CertificateError, CertificateSpec, CertificateStore, TLSMetrics, tls_endpoint
+from wasmgate.tls import (
+    CertificateError,
+    CertificateSlot,
+    CertificateStore,
+    TLSMetrics,
+    certificate_specs,
+    tls_endpoint,
+)
 from wasmgate.proxy import ProxyResource
 from wasmgate.site import GatewaySite, QuietSite
 
@@ -86,9 +93,12 @@ class GatewayService(service.MultiService):
             access_log={"log": log_sink, "off": None}.get(config.access_log, self.access_file),
             observers=[self.metrics.request_done],
         )
-        self.certificates = None
+        self._tls_metrics_instance: Optional[TLSMetrics] = None
+        self.certificates: Optional[CertificateStore] = None
+        self._certificate_slot: Optional[CertificateSlot] = None
         if config.server.tls is not None:
-            self.certificates = _certificate_store(config, self.metrics)
+            self.certificates = _certificate_store(config, self._tls_metrics())
+            self._certificate_slot = CertificateSlot(self.certificates)
         self.listeners = []
         for i, description in enumerate(config.server.listen):
             try:
@@ -100,8 +110,8 @@ class GatewayService(service.MultiService):
                 raise ConfigError(
                     config.source, [f"server.listen[{i}]: cannot listen on {description!r}: {why}"]
                 ) from None
-            if self.certificates is not None:
-                endpoint = tls_endpoint(endpoint, self.certificates)
+            if self._certificate_slot is not None:
+                endpoint = tls_endpoint(endpoint, self._certificate_slot)
             listener = StreamServerEndpointService(endpoint, self.site)
             listener._raiseSynchronously = True  # a busy port stops the start, as with strports
             listener.setServiceParent(self)
@@ -154,6 +164,12 @@ class GatewayService(service.MultiService):
             if self.running:
                 self._wasm.start()
         return self._wasm
+
+    def _tls_metrics(self) -> TLSMetrics:
+        """The process's one L{TLSMetrics}, shared by each certificate store."""
+        if self._tls_metrics_instance is None:
+            self._tls_metrics_instance = TLSMetrics(self.metrics.registry)
+        return self._tls_metrics_instance
 
     def _tls_policy(self, upstream: UpstreamConfig) -> Any:
         if not any(t.startswith("https://") for t in upstream.targets):
@@ -319,16 +335,18 @@ class GatewayService(service.MultiService):
     def _reload(self, path: str) -> Any:
         if self.certificates is not None:
             self.certificates.reload()  # problems are logged, old pairs kept
+        settings = None
         try:
             config = yield threads.deferToThread(load_config, path)
-            if config.server.listen != self.config.server.listen:
-                log.warn("server.listen changed: takes effect only after a restart")
+            _warn_restart_only(self.config, config)
             filters = yield threads.deferToThread(self._load_filters, config)
             generation = self._assemble(config, filters)
+            settings = self._prepare_settings(config)
         except ConfigError as e:
             self.metrics.reloads.labels("error").inc()
             log.error("reload failed, keeping the current config:\n{errors}", errors=str(e))
             raise
+        self._apply_settings(config, settings)
         old, self.generation, self.config = self.generation, generation, config
         generation.inherit_health(old)
         if self.running:
@@ -344,6 +362,85 @@ class GatewayService(service.MultiService):
         return generation.number
 
 
+    # -- process-wide settings a reload changes --
+
+    def _prepare_settings(self, config: GatewayConfig) -> "_NewSettings":
+        """
+        Build what a reload must open anew (a certificate store, an access
+        log file) before anything is swapped, so that a problem keeps the
+        current config whole.
+
+        @raise ConfigError: naming the key that cannot be applied.
+        """
+        settings = _NewSettings()
+        tls, old_tls = config.server.tls, self.config.server.tls
+        if tls is not None and old_tls is not None and tls != old_tls:
+            settings.certificates = _certificate_store(config, self._tls_metrics())
+        if config.access_log != self.config.access_log and config.access_log not in ("log", "off"):
+            try:
+                settings.access_file = FileSink(config.access_log, reactor=self.reactor)
+            except OSError as e:
+                if settings.certificates is not None:
+                    settings.certificates.close()
+                raise ConfigError(
+                    config.source, [f"access_log: cannot open {config.access_log}: {e.strerror}"]
+                ) from None
+        return settings
+
+    def _apply_settings(self, config: GatewayConfig, settings: "_NewSettings") -> None:
+        """
+        Apply a reloaded config's process-wide settings: limits and timeouts
+        for new requests, the filter thread count, certificates for new
+        handshakes, where access-log lines go.
+        """
+        site = self.site
+        site.max_body_bytes = config.server.max_body_bytes
+        site.read_timeout = config.server.timeouts.read
+        site.timeOut = config.server.timeouts.idle  # connections made from now on
+        if config.filters.threads != self.config.filters.threads:
+            self.filter_pool.adjustPoolsize(maxthreads=config.filters.threads)
+        if settings.certificates is not None:
+            assert self._certificate_slot is not None and self.certificates is not None
+            old_store, self.certificates = self.certificates, settings.certificates
+            self._certificate_slot.store = settings.certificates
+            old_store.close()
+            if self.running:
+                self.certificates.start_watching(self.reactor, config.server.tls.watch_interval)  # type: ignore[union-attr]
+        if config.access_log != self.config.access_log:
+            old_file, self.access_file = self.access_file, settings.access_file
+            site.access_log = {"log": log_sink, "off": None}.get(config.access_log, self.access_file)
+            if self.access_file is not None and self.running:
+                self.access_file.start()
+            if old_file is not None:
+                old_file.close()
+
+
+class _NewSettings:
+    """What L{GatewayService._prepare_settings} opened for a reload."""
+
+    def __init__(self) -> None:
+        self._tls_metrics_instance: Optional[TLSMetrics] = None
+        self.certificates: Optional[CertificateStore] = None
+        self.access_file: Optional[FileSink] = None
+
+
+_RESTART_ONLY = (
+    ("server.listen", lambda c: c.server.listen),
+    ("server.tls (on or off)", lambda c: c.server.tls is None),
+    ("admin.listen", lambda c: c.admin.listen),
+    ("state", lambda c: c.state),
+    ("filters.epoch_tick", lambda c: c.filters.epoch_tick),
+    ("filters.cache_dir", lambda c: c.filters.cache_dir),
+)
+"""Settings a reload cannot change in a running process."""
+
+
+def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
+    for key, value in _RESTART_ONLY:
+        if value(old) != value(new):
+            log.warn("{key} changed: takes effect only after a restart", key=key)
+
+
 def _with_backlog(description: str) -> str:
     """
     A TCP listener gets nginx's accept backlog (511) unless the endpoint
@@ -356,13 +453,12 @@ def _with_backlog(description: str) -> str:
     return description
 
 
-def _certificate_store(config: GatewayConfig, metrics: GatewayMetrics) -> CertificateStore:
+def _certificate_store(config: GatewayConfig, metrics: TLSMetrics) -> CertificateStore:
     tls = config.server.tls
     assert tls is not None
-    specs = [CertificateSpec(hosts=c.hosts, cert=c.cert, key=c.key) for c in tls.certificates]
     try:
         return CertificateStore(
-            specs, min_version=tls.min_version, metrics=TLSMetrics(metrics.registry)
+            certificate_specs(tls), min_version=tls.min_version, metrics=metrics
         )
     except CertificateError as e:
         raise ConfigError(config.source, [f"server.tls: {p}" for p in e.problems]) from None

@@ -21,7 +21,7 @@ import re
 import weakref
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from OpenSSL import SSL
 from prometheus_client import CollectorRegistry, Counter
@@ -58,11 +58,16 @@ from wasmgate._tlsfiles import (
     stat_signature,
 )
 
+if TYPE_CHECKING:
+    from wasmgate.config import TLSConfig
+
 __all__ = [
     "CertificateError",
+    "CertificateSlot",
     "CertificateSpec",
     "CertificateStore",
     "TLSMetrics",
+    "certificate_specs",
     "tls_endpoint",
     "tls_factory",
     "upstream_tls_policy",
@@ -80,6 +85,11 @@ class CertificateSpec:
     hosts: tuple[str, ...]
     cert: str
     key: str
+
+
+def certificate_specs(tls: "TLSConfig") -> list[CertificateSpec]:
+    """The specs of a config's C{server.tls.certificates}."""
+    return [CertificateSpec(hosts=c.hosts, cert=c.cert, key=c.key) for c in tls.certificates]
 
 
 class CertificateError(ValueError):
@@ -551,6 +561,21 @@ class CertificateStore:
             self._log.failure("while checking TLS certificate files")
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class CertificateSlot:
+    """
+    What the listeners hand new connections to: the live L{CertificateStore},
+    which a config reload that changes C{server.tls} replaces.  A connection
+    already made keeps the contexts of the store it started with.
+    """
+
+    def __init__(self, store: CertificateStore) -> None:
+        self.store = store
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return self.store.serverConnectionForTLS(tlsProtocol)
+
+
 def tls_factory(
     wrapped: IProtocolFactory, store: CertificateStore
 ) -> TLSMemoryBIOFactory:
@@ -562,7 +587,7 @@ def tls_factory(
 
 
 def tls_endpoint(
-    endpoint: IStreamServerEndpoint, store: CertificateStore
+    endpoint: IStreamServerEndpoint, store: CertificateStore | CertificateSlot
 ) -> IStreamServerEndpoint:
     """
     Wrap a plain TCP server endpoint (e.g. from C{serverFromString(reactor,
