@@ -83,3 +83,20 @@ def test_run_response_filter() -> None:
     assert run_response_filter(g.PASS_THROUGH, resp) is resp
     out = run_response_filter(g.RESPONSE_STATUS, status=500)
     assert (out.status, out.body) == (418, b"teapot\n")
+
+
+def test_run_response_filter_drives_an_http_wasm_guest() -> None:
+    """
+    An http-wasm guest's response phase runs on the instance its request
+    phase pinned: run_response_filter runs that request phase first.
+    """
+    from tests import httpwasm_guests as hw
+
+    out = run_response_filter(hw.REWRITE, headers={"Server": "nginx", "x-replaced": "upstream"})
+    headers = dict(out.headers)
+    assert headers["x-replaced"] == "by-guest" and "server" not in headers
+    assert [v for n, v in out.headers if n == "x-late"] == ["l1", "l2"]
+    # the request phase's context reached handle_response, not as an error
+    assert (hw.hex_field(headers["x-ctx"]), hw.hex_field(headers["x-err"])) == (7, 0)
+    with pytest.raises(ValueError, match="answered the request itself"):
+        run_response_filter(hw.ANSWER)

@@ -150,13 +150,28 @@ class FilterHarness:
         body: Optional[bytes] = None,
         route_config: Optional[dict] = None,
     ) -> FilterResponse:
-        """Run the response phase (a no-op for request-only filters)."""
+        """
+        Run the response phase (a no-op for request-only filters).
+
+        An http-wasm guest answers a response on the instance its request
+        phase was pinned to: when C{request} has not been through L{request}
+        yet, its request phase runs first, as in the gateway.
+
+        @raise ValueError: if that request phase answered by itself, so the
+            gateway would never run the response phase.
+        """
         if response is None:
             pairs = make_request(headers=headers).headers
             response = FilterResponse(status=status, headers=pairs, body=body)
-        return self.filter.run_response(
-            request if request is not None else make_request(), response, route_config=route_config
-        )
+        req = request if request is not None else make_request()
+        if self.filter.pins_instances and not self.filter.holds(req):
+            first = self.request(req, route_config=route_config)
+            if isinstance(first, Answer):
+                raise ValueError(
+                    "the guest answered the request itself (status %d): "
+                    "no response phase runs" % (first.status,)
+                )
+        return self.filter.run_response(req, response, route_config=route_config)
 
     def close(self) -> None:
         self.filter.close()
