@@ -426,3 +426,45 @@ async def test_client_that_stops_reading_is_dropped_after_the_write_timeout(upst
     assert closed and received < size
     assert not upstream.app.stream_finished  # the upstream was told to stop, not drained
     assert gw.service.generation.in_flight == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_path_spellings_cannot_walk_around_a_route(start_upstream, start_gateway):
+    """
+    Escaped letters, dot segments and doubled slashes are resolved before
+    routing, and the upstream gets the path that was routed; paths that
+    cannot be routed safely are refused with 400.
+    """
+    public, admin = start_upstream("public"), start_upstream("admin")
+    text = f"""
+server:
+  listen: "tcp:0:interface=127.0.0.1"
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+routes:
+  - {{match: {{path_prefix: /}}, upstream: public}}
+  - {{match: {{path_prefix: /admin}}, upstream: admin}}
+upstreams:
+  public: {{targets: ["{public.url}"]}}
+  admin: {{targets: ["{admin.url}"]}}
+"""
+    gw = start_gateway(text)
+
+    async def send(path: str) -> bytes:
+        return await threads.deferToThread(
+            _raw_exchange,
+            _port(gw.url),
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+
+    for spelling in ("/%61dmin/echo", "/public/../admin/echo", "//admin/echo", "/./admin/./echo?q=%2F"):
+        answer = await send(spelling)
+        assert answer.startswith(b"HTTP/1.1 200 "), (spelling, answer[:200])
+        uri = json.loads(answer.split(b"\r\n\r\n", 1)[1])["uri"]
+        assert uri.split("?")[0] == "/admin/echo", spelling
+    assert public.app.connections == 0 and admin.app.connections == 1  # kept alive
+    assert uri == "/admin/echo?q=%2F"  # the query is passed on as it came
+
+    for refused in ("/..", "/admin/..%2F..%2Fx", "/a%2fadmin", "/bad%zzescape"):
+        answer = await send(refused)
+        assert answer.startswith(b"HTTP/1.1 400 "), (refused, answer[:200])
+    assert public.app.connections == 0 and admin.app.connections == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectingCancelledError
@@ -23,6 +24,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from wasmgate._headers import end_to_end, forwarded_for
+from wasmgate.routing import BadPath, normalize_path
 from wasmgate.upstream import NoTargetAvailable, Target
 from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
 
@@ -188,7 +190,15 @@ class _Exchange:
     def start(self) -> None:
         request = self.request
         host = (request.getHeader(b"host") or b"").decode("latin-1")
-        path = request.path.decode("latin-1")
+        raw_path = request.path.decode("latin-1")
+        if raw_path.startswith(("http://", "https://")):  # absolute-form (RFC 9112 3.2.2)
+            parts = urlsplit(raw_path)
+            host, raw_path = parts.netloc, parts.path or "/"
+        try:
+            path = normalize_path(raw_path)
+        except BadPath as e:
+            self.answer(400, b"bad request path: %s\n" % (str(e).encode("latin-1"),))
+            return
         found = self.generation.router.match(host, path)
         if found is None:
             self.answer(404, b"no route for this host and path\n")
@@ -196,14 +206,14 @@ class _Exchange:
         self.route = route = found[1]
         self.info.route = route.config.name
         self.info.upstream = route.upstream.name
-        self.freq = freq = self._filter_request(route, host)
+        self.freq = freq = self._filter_request(route, host, path)
         if route.chain is None:
             self.forward()
             return
         self.pending = route.chain.run_request(freq)
         self.pending.addCallbacks(self._filtered, self._internal_error)
 
-    def _filter_request(self, route: "RouteRuntime", host: str) -> FilterRequest:
+    def _filter_request(self, route: "RouteRuntime", host: str, path: str) -> FilterRequest:
         request = self.request
         generation = self.generation
         peer = request.getClientAddress()
@@ -225,8 +235,7 @@ class _Exchange:
         headers.append(("x-forwarded-proto", scheme))
         if host:
             headers.append(("x-forwarded-host", host))
-        uri = request.uri.decode("latin-1")
-        path, _, query = uri.partition("?")
+        query = request.uri.decode("latin-1").partition("?")[2]
         body = None
         if route.chain is not None and route.chain.wants_body:
             request.content.seek(0)

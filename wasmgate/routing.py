@@ -5,11 +5,61 @@ any host) and then by the longest matching path prefix.
 """
 from __future__ import annotations
 
+import re
 from typing import Generic, Optional, Sequence, TypeVar
 
 from wasmgate.config import RouteConfig
 
 R = TypeVar("R")
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(r"%(..)?")
+_REFUSED_ESCAPES = {"2F": "an encoded '/'", "5C": "an encoded '\\'", "00": "an encoded NUL"}
+
+
+class BadPath(ValueError):
+    """A request path the gateway refuses (400) rather than guess at."""
+
+
+def normalize_path(raw: str) -> str:
+    """
+    The path a request is routed by, given to filters and sent upstream.
+
+    One spelling per resource, so that a route's filters cannot be walked
+    around: C{%61dmin}, C{/x/../admin} and C{//admin} all become C{/admin}.
+    Escapes of unreserved characters are decoded (RFC 3986 6.2.2.2), other
+    escapes get upper-case hex, runs of C{/} become one, and C{.} and C{..}
+    segments are resolved (5.2.4).
+
+    @raise BadPath: for a path that is not absolute, has a malformed escape,
+        climbs above the root, or encodes C{/}, C{\\} or NUL (which an
+        upstream might decode into a different path than the one routed).
+    """
+    if not raw.startswith("/"):
+        raise BadPath("the path must start with '/'")
+
+    def unescape(m: "re.Match[str]") -> str:
+        hexdigits = m.group(1)
+        if hexdigits is None or not all(c in "0123456789abcdefABCDEF" for c in hexdigits):
+            raise BadPath("malformed percent-escape")
+        hexdigits = hexdigits.upper()
+        if hexdigits in _REFUSED_ESCAPES:
+            raise BadPath("the path contains %s" % (_REFUSED_ESCAPES[hexdigits],))
+        byte = int(hexdigits, 16)
+        return chr(byte) if byte in _UNRESERVED else "%" + hexdigits
+
+    path = _ESCAPE.sub(unescape, raw) if "%" in raw else raw
+    segments = path.split("/")
+    out: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if not out:
+                raise BadPath("the path climbs above the root")
+            out.pop()
+        elif segment not in (".", ""):
+            out.append(segment)
+    trailing = segments[-1] in ("", ".", "..") and len(segments) > 2 or (path == "/")
+    return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
 def _prefix_matches(prefix: str, path: str) -> bool:
