@@ -88,6 +88,7 @@ def test_yaml_syntax_error_has_line_number(tmp_path):
 def test_unknown_key_with_did_you_mean(tmp_path):
     found = problems(tmp_path, GOOD.replace("upstream: backend", "upstrem: backend"))
     assert "routes[0].upstrem: unknown key (did you mean 'upstream'?)" in found[0]
+    assert any(p.endswith("routes[0].upstream: required but missing") for p in found), found
 
 
 def test_wrong_type(tmp_path):

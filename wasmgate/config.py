@@ -503,7 +503,7 @@ def _routes(
                     f"{where}.filters[{j}]",
                     f"no plugin named {name!r}{s.did_you_mean(name, plugin_names)}",
                 )
-        upstream = reader.get(data, where, "upstream", s.string, "")
+        upstream = reader.get(data, where, "upstream", s.string) or ""
         if upstream and upstream not in upstreams:
             known = list(upstreams)
             reader.problem(
