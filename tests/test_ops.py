@@ -122,6 +122,35 @@ async def test_reload_under_load(tmp_path, upstream, start_gateway, http):
 
 
 @pytest_twisted.ensureDeferred
+async def test_reloads_run_one_at_a_time_and_every_failure_is_counted(tmp_path, upstream, start_gateway, http):
+    """
+    Two reloads asked for at once run one after the other; a reload that
+    fails with something other than a schema error (a CA bundle that is not
+    PEM) is refused, logged with the key, counted, and changes nothing.
+    """
+    gw = start_gateway(gateway_yaml(upstream.url))
+    first, second = gw.service.reload(), gw.service.reload()
+    assert (await first, await second) == (2, 3)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate\n")
+    config = Path(gw.path)
+    config.write_text(
+        config.read_text().replace('targets: ["http', f'ca_file: {bundle}\n    targets: ["https', 1)
+    )
+    try:
+        await gw.service.reload()
+    except Exception as e:
+        assert "upstreams.backend.ca_file" in str(e) and str(config) in str(e), e
+    else:
+        raise AssertionError("a CA bundle without certificates was accepted")
+    response, _ = await _get(http, gw.url + "/echo")
+    assert response.code == 200
+    _, metrics = await _get(http, gw.admin_url + "/metrics")
+    assert 'wasmgate_reloads_total{result="error"} 1.0' in metrics.decode()
+    assert "wasmgate_config_generation 3.0" in metrics.decode()
+
+
+@pytest_twisted.ensureDeferred
 async def test_reload_through_the_admin_port(upstream, start_gateway, http):
     gw = start_gateway(gateway_yaml(upstream.url))
     response, body = await _get(http, gw.admin_url + "/reload", method="POST")

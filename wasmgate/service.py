@@ -14,6 +14,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from wasmgate.accesslog import FileSink, log_sink
@@ -72,6 +73,7 @@ class GatewayService(service.MultiService):
         self._plugin_watch.clock = reactor
         self._plugin_stamps: dict[str, tuple[float, int]] = {}
         self._reloading: Optional[defer.Deferred[Any]] = None
+        self._reload_lock = defer.DeferredLock()
         self.after_reload: list[Callable[[], None]] = []
         """Called (on the reactor thread) once a reload's old generation is closed."""
         self.fatal_error: Optional[str] = None
@@ -176,11 +178,14 @@ class GatewayService(service.MultiService):
             return None
         from wasmgate.tls import upstream_tls_policy
 
-        return upstream_tls_policy(
-            ca_file=upstream.ca_file,
-            insecure_skip_verify=upstream.insecure_skip_verify,
-            name=upstream.name,
-        )
+        try:
+            return upstream_tls_policy(
+                ca_file=upstream.ca_file,
+                insecure_skip_verify=upstream.insecure_skip_verify,
+                name=upstream.name,
+            )
+        except ValueError as e:  # an unreadable or empty CA bundle
+            raise ConfigError(self.config.source, [f"upstreams.{upstream.name}.ca_file: {e}"]) from None
 
     def _plugin_watch_interval(self) -> float:
         intervals = [p.reload_interval for p in self.config.plugins if p.reload_interval]
@@ -315,12 +320,18 @@ class GatewayService(service.MultiService):
         if self._wasm is not None:
             yield self._wasm.stop()
 
-    @defer.inlineCallbacks
-    def reload(self) -> Any:
+    def reload(self) -> "defer.Deferred[int]":
         """
         Re-read the config file and swap in a new generation; on any error
         keep the current one. Fires with the new generation number.
+
+        Reloads run one at a time: one asked for while another runs starts
+        when it is done (and reads the file as it is then).
         """
+        return self._reload_lock.run(self._reload_now)
+
+    @defer.inlineCallbacks
+    def _reload_now(self) -> Any:
         path = self.config.source
         self.notifier.reloading()
         if self.access_file is not None:
@@ -336,15 +347,24 @@ class GatewayService(service.MultiService):
         if self.certificates is not None:
             self.certificates.reload()  # problems are logged, old pairs kept
         settings = None
+        filters: dict[str, Any] = {}
         try:
             config = yield threads.deferToThread(load_config, path)
             _warn_restart_only(self.config, config)
             filters = yield threads.deferToThread(self._load_filters, config)
             generation = self._assemble(config, filters)
             settings = self._prepare_settings(config)
-        except ConfigError as e:
+        except Exception as e:
+            failure = Failure()
             self.metrics.reloads.labels("error").inc()
-            log.error("reload failed, keeping the current config:\n{errors}", errors=str(e))
+            current = tuple(self.generation.filters.values())
+            for unused in filters.values():
+                if unused not in current:
+                    unused.close()
+            if isinstance(e, ConfigError):
+                log.error("reload failed, keeping the current config:\n{errors}", errors=str(e))
+            else:
+                log.failure("reload failed, keeping the current config", failure)
             raise
         self._apply_settings(config, settings)
         old, self.generation, self.config = self.generation, generation, config
