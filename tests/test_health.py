@@ -279,16 +279,49 @@ async def test_all_targets_down_is_a_quick_503(start_gateway, http):
         assert response.code == 503
         assert body == b"no healthy upstream\n"
         assert elapsed < 1.0, "a refusal, not a hang"
+        response = await http.get(gw.admin_url + "/readyz")
+        assert response.code == 503
+        assert b"every target of every upstream is down (backend)" in await response.content()
 
         b.listen()
         await _until(lambda: not upstream.all_down(), within=3)
         response = await http.get(gw.url + "/echo")
         await response.content()
         assert response.code == 200
+        response = await http.get(gw.admin_url + "/readyz")
+        assert response.code == 200
+        await response.content()
     finally:
         await stop_health_checks(checkers)
         await a.stop()
         await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_dead_upstream_leaves_the_gateway_ready(start_gateway, http):
+    """
+    /readyz fails only when no upstream has a live target: one dead backend
+    must not take the gateway (and the backends still up) out of rotation.
+    """
+    a, dead = _Backend("a"), _Backend("dead")
+    a.listen()
+    dead.listen()
+    text = _gateway_config([a.url]) + f"""
+  other:
+    targets: ["{dead.url}"]
+    health_check: {{path: /hc, interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1}}
+"""
+    gw = start_gateway(text)
+    other = gw.service.generation.upstreams["other"]
+    try:
+        await dead.stop()
+        await _until(other.all_down, within=3)
+        response = await http.get(gw.admin_url + "/readyz")
+        assert response.code == 200, await response.content()
+        await response.content()
+    finally:
+        await a.stop()
+        await dead.stop()
 
 
 @pytest_twisted.ensureDeferred

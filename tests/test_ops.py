@@ -256,6 +256,20 @@ async def test_sigterm_drains_in_flight_requests(tmp_path, upstream):
 
 
 @pytest_twisted.ensureDeferred
+async def test_not_ready_while_draining(upstream, start_gateway, http):
+    """While shutdown drains requests in flight, /readyz says so (503)."""
+    gw = start_gateway(gateway_yaml(upstream.url))
+    slow = http.get(gw.url + "/slow?delay=0.5")
+    await _sleep(0.1)
+    stopping = gw.service.stopService()
+    response, body = await _get(http, gw.admin_url + "/readyz")
+    assert response.code == 503 and b"shutting down" in body
+    response = await slow
+    assert (response.code, await response.content()) == (200, b"slow")
+    await stopping
+
+
+@pytest_twisted.ensureDeferred
 async def test_sd_notify_ready_reloading_stopping(tmp_path, upstream):
     address = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

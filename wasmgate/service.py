@@ -74,6 +74,8 @@ class GatewayService(service.MultiService):
         self._plugin_stamps: dict[str, tuple[float, int]] = {}
         self._reloading: Optional[defer.Deferred[Any]] = None
         self._reload_lock = defer.DeferredLock()
+        self.stopping = False
+        """True from the start of L{stopService}: /readyz fails while draining."""
         self.after_reload: list[Callable[[], None]] = []
         """Called (on the reactor thread) once a reload's old generation is closed."""
         self.fatal_error: Optional[str] = None
@@ -250,9 +252,14 @@ class GatewayService(service.MultiService):
         problems = []
         if not self.running:
             problems.append("not started")
-        for name, upstream in self.generation.upstreams.items():
-            if upstream.all_down():
-                problems.append(f"upstream {name}: every target is down")
+        if self.stopping:
+            problems.append("shutting down: draining requests in flight")
+        # One dead backend is not a reason to take the gateway, and every
+        # other backend behind it, out of the load balancer.
+        upstreams = self.generation.upstreams
+        down = sorted(name for name, upstream in upstreams.items() if upstream.all_down())
+        if upstreams and len(down) == len(upstreams):
+            problems.append("every target of every upstream is down (%s)" % ", ".join(down))
         return problems
 
     # -- life cycle --
@@ -291,6 +298,7 @@ class GatewayService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        self.stopping = True
         self.notifier.stopping()
         if self._plugin_watch.running:
             self._plugin_watch.stop()
