@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, reactor, threads, task
+from twisted.internet.protocol import Factory, Protocol
 
 from tests.conftest import gateway_yaml
 
@@ -468,3 +469,42 @@ upstreams:
         answer = await send(refused)
         assert answer.startswith(b"HTTP/1.1 400 "), (refused, answer[:200])
     assert public.app.connections == 0 and admin.app.connections == 1
+
+
+class _ClosesKeptAliveConnections(Protocol):
+    """
+    Answers the first request on a connection, then closes the connection
+    when the next one arrives without answering it: an upstream whose idle
+    timeout fired just as the gateway reused the connection.
+    """
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.answered = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            if self.answered:
+                self.transport.loseConnection()
+                return
+            self.answered += 1
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_on_a_connection_the_upstream_closed_is_retried(start_gateway, http):
+    factory = Factory.forProtocol(_ClosesKeptAliveConnections)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        gw = start_gateway(gateway_yaml(f"http://127.0.0.1:{port.getHost().port}"))
+        for _ in range(3):
+            response = await http.get(gw.url + "/x")
+            assert (response.code, await response.content()) == (200, b"ok")
+        # A POST is not retried: it may have been acted on.
+        response = await http.post(gw.url + "/x", data=b"once")
+        await response.content()
+        assert response.code == 502
+    finally:
+        await port.stopListening()

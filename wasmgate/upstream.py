@@ -173,7 +173,12 @@ def make_pool(
     pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = max_per_host
     pool.cachedConnectionTimeout = idle_timeout
-    pool.retryAutomatically = False  # retries are the gateway's decision
+    # A kept-alive connection the upstream closed just as a request went out
+    # fails with nothing received: Twisted then retries a body-less GET,
+    # HEAD, OPTIONS, DELETE or TRACE once on a fresh connection to the same
+    # target (never after a cancel, never once an answer began). Retrying
+    # on another target after a connect failure is the gateway's decision.
+    pool.retryAutomatically = True
     return pool
 
 
