@@ -125,7 +125,10 @@ async def test_hop_by_hop_headers_are_stripped(upstream, start_gateway, http):
 @pytest_twisted.ensureDeferred
 async def test_x_forwarded_for_untrusted_peer_is_replaced(upstream, start_gateway, http):
     gw = start_gateway(gateway_yaml(upstream.url))  # trusts 10.0.0.0/8 only
-    response = await http.get(gw.url + "/echo", headers={"X-Forwarded-For": "6.6.6.6"})
+    response = await http.get(
+        gw.url + "/echo",
+        headers={"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil"},
+    )
     sent = (await _json(response))["headers"]
     assert sent["x-forwarded-for"] == ["127.0.0.1"]
     assert sent["x-forwarded-proto"] == ["http"]
@@ -139,6 +142,15 @@ async def test_x_forwarded_for_trusted_peer_is_appended(upstream, start_gateway,
     response = await http.get(gw.url + "/echo", headers={"X-Forwarded-For": "1.2.3.4"})
     sent = (await _json(response))["headers"]
     assert sent["x-forwarded-for"] == ["1.2.3.4, 127.0.0.1"]
+    assert sent["x-forwarded-proto"] == ["http"]
+    # A TLS-terminating load balancer in front: its scheme and host pass on.
+    response = await http.get(
+        gw.url + "/echo",
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example.com"},
+    )
+    sent = (await _json(response))["headers"]
+    assert sent["x-forwarded-proto"] == ["https"]
+    assert sent["x-forwarded-host"] == ["shop.example.com"]
 
 
 def _raw_exchange(port: int, request: bytes, *, then: bytes = b"") -> bytes:

@@ -75,3 +75,23 @@ def forwarded_for(
         if not _trusted(address, trusted):
             break
     return ", ".join(chain), client
+
+
+def forwarded_scheme_and_host(
+    peer: str, headers: Headers, trusted: Sequence[Network], *, scheme: str, host: str
+) -> tuple[str, str]:
+    """
+    The C{X-Forwarded-Proto} and C{X-Forwarded-Host} to send upstream.
+
+    Behind a trusted proxy (a load balancer that terminated TLS, say) its
+    values are passed on, so the application still sees C{https} and the
+    name the client asked for; from anyone else they are replaced.
+    """
+    if _trusted(peer, trusted):
+        proto = headers.getRawHeaders(b"x-forwarded-proto")
+        forwarded_host = headers.getRawHeaders(b"x-forwarded-host")
+        if proto:
+            scheme = proto[0].decode("latin-1").split(",")[0].strip() or scheme
+        if forwarded_host:
+            host = forwarded_host[0].decode("latin-1").split(",")[0].strip() or host
+    return scheme, host

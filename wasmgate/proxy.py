@@ -23,7 +23,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from wasmgate._headers import end_to_end, forwarded_for
+from wasmgate._headers import end_to_end, forwarded_for, forwarded_scheme_and_host
 from wasmgate.routing import BadPath, normalize_path
 from wasmgate.upstream import NoTargetAvailable, Target
 from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
@@ -232,9 +232,13 @@ class _Exchange:
             for value in values
         ]
         headers.append(("x-forwarded-for", xff))
+        scheme, forwarded_host = forwarded_scheme_and_host(
+            peer_ip, request.requestHeaders, generation.config.server.trusted_proxies,
+            scheme=scheme, host=host,
+        )
         headers.append(("x-forwarded-proto", scheme))
-        if host:
-            headers.append(("x-forwarded-host", host))
+        if forwarded_host:
+            headers.append(("x-forwarded-host", forwarded_host))
         query = request.uri.decode("latin-1").partition("?")[2]
         body = None
         if route.chain is not None and route.chain.wants_body:
