@@ -190,3 +190,90 @@ async def test_reload_adds_a_certificate_and_refuses_a_bad_one(tmp_path, upstrea
         raise AssertionError("a mismatched key was accepted")
     serial, status, _ = await threads.deferToThread(_https_get, port, "new.example.net", cafile)
     assert (serial, status) == (404, 200)
+
+
+def _sni_get(port: int, server_name: str, cafile: str | None) -> tuple[int, int]:
+    """
+    An HTTPS GET with SNI C{server_name} from the first byte (the default
+    certificate is never looked at), verified against C{cafile} or, with
+    L{None}, not at all: to see which certificate is sent even if expired.
+    """
+    if cafile is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=cafile)
+    conn = http.client.HTTPSConnection(server_name, port, context=context, timeout=10)
+    conn.sock = context.wrap_socket(
+        __import__("socket").create_connection(("127.0.0.1", port), timeout=10),
+        server_hostname=server_name,
+    )
+    serial = x509.load_der_x509_certificate(conn.sock.getpeercert(binary_form=True)).serial_number
+    conn.request("GET", "/echo")
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return serial, response.status
+
+
+def _expire_api(tmp_path, ca):
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    expired = issue(
+        ca, ["api.example.com"], serial=606,
+        not_before=now - timedelta(days=90), not_after=now - timedelta(days=1),
+    )
+    write_pair(expired, tmp_path / "api.pem", tmp_path / "api.key")
+    return expired
+
+
+@pytest_twisted.ensureDeferred
+async def test_gateway_starts_with_an_expired_certificate(tmp_path, upstream, start_gateway):
+    """
+    One expired certificate does not take the other hosts down: the
+    gateway starts, serves it on its name (a client that checks dates
+    refuses it) and the valid one on its own, and logs a warning naming
+    the file, the host and the date.
+    """
+    ca = _setup(tmp_path)
+    expired = _expire_api(tmp_path, ca)
+    cafile = str(tmp_path / "ca.pem")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw = start_gateway(_tls_server(upstream.url))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    port = _port(gw.url)
+    assert await threads.deferToThread(_sni_get, port, "www.example.org", cafile) == (202, 200)
+    assert await threads.deferToThread(_sni_get, port, "api.example.com", None) == (606, 200)
+    try:
+        await threads.deferToThread(_sni_get, port, "api.example.com", cafile)
+    except ssl.SSLCertVerificationError as e:
+        assert "certificate has expired" in str(e)
+    else:
+        raise AssertionError("a client checking dates accepted the expired certificate")
+
+    from twisted.logger import LogLevel, formatEvent
+
+    [warning] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn and "api.pem" in formatEvent(e)]
+    assert str(tmp_path / "api.pem") in warning and "api.example.com" in warning
+    assert f"expired at {expired.cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}" in warning
+
+
+def test_gateway_refuses_an_expired_certificate_with_the_wrong_key(tmp_path, upstream, start_gateway):
+    from wasmgate.config import ConfigError
+
+    ca = _setup(tmp_path)
+    _expire_api(tmp_path, ca)
+    (tmp_path / "api.key").write_bytes(issue(ca, ["api.example.com"]).key_pem)
+    try:
+        start_gateway(_tls_server(upstream.url))
+    except ConfigError as e:
+        assert "server.tls" in str(e) and "private key does not match" in str(e)
+        assert str(tmp_path / "api.key") in str(e)
+        assert "expired" not in str(e)  # a warning, not a reason to refuse
+    else:
+        raise AssertionError("a mismatched key was accepted")

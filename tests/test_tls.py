@@ -36,6 +36,7 @@ from wasmgate.tls import (
     CertificateSpec,
     CertificateStore,
     TLSMetrics,
+    check_certificates,
     tls_endpoint,
     upstream_tls_policy,
     validate_certificates,
@@ -661,6 +662,108 @@ def test_store_refuses_bad_initial_files(setup: Setup) -> None:
     assert str(setup.paths("www")[1]) in info.value.problems[0]
 
 
+@pytest_twisted.ensureDeferred
+async def test_store_serves_out_of_date_certificates_with_a_warning(
+    setup: Setup, serve: Serve
+) -> None:
+    """
+    An expired and a not-yet-valid certificate do not stop the store: each
+    is served on its names (clients that check dates refuse it, as they
+    would from nginx), its expiry is in the gauge, and one warning per
+    entry names the file, the hosts and the date.  The valid ones are
+    served as usual.
+    """
+    now = datetime.now(timezone.utc)
+    expired_at = (now - timedelta(days=2)).replace(microsecond=0)
+    valid_from = (now + timedelta(days=2)).replace(microsecond=0)
+    setup.write(
+        "www",
+        issue(
+            setup.ca,
+            HOSTS["www"],
+            serial=SERIALS["www"],
+            not_before=now - timedelta(days=30),
+            not_after=expired_at,
+        ),
+    )
+    setup.write(
+        "apps",
+        issue(setup.ca, HOSTS["apps"], serial=SERIALS["apps"], not_before=valid_from),
+    )
+    events = Events()
+    registry = CollectorRegistry()
+    store = CertificateStore(
+        setup.specs, log=Logger(observer=events), registry=registry
+    )
+    port = await serve(store)
+    verified, unverified = client_context(setup.ca_file), client_context(None)
+    assert (await run(handshake, port, "api.example.com", verified)).serial == SERIALS[
+        "api"
+    ]
+    for name, serial in [
+        ("example.com", SERIALS["www"]),
+        ("shop.apps.example.com", SERIALS["apps"]),
+    ]:
+        assert (await run(handshake, port, name, unverified)).serial == serial
+    error = await run(handshake_error, port, "www.example.com", verified)
+    assert "certificate has expired" in str(error)
+    error = await run(handshake_error, port, "shop.apps.example.com", verified)
+    assert "certificate is not yet valid" in str(error)
+    assert registry.get_sample_value(
+        "wasmgate_tls_cert_not_after_seconds", {"host": "example.com"}
+    ) == expired_at.timestamp()
+
+    warnings = events.texts("warn")
+    assert len(warnings) == 2, warnings
+    www_cert, apps_cert = setup.paths("www")[0], setup.paths("apps")[0]
+    [www] = [w for w in warnings if str(www_cert) in w]
+    assert "www.example.com, example.com" in www
+    assert f"certificate expired at {expired_at:%Y-%m-%dT%H:%M:%SZ}" in www
+    [apps] = [w for w in warnings if str(apps_cert) in w]
+    assert "*.apps.example.com" in apps
+    assert f"not valid until {valid_from:%Y-%m-%dT%H:%M:%SZ}" in apps
+    assert events.texts("error") == []
+
+
+def test_expired_certificate_is_rotated_out(setup: Setup) -> None:
+    """
+    A store that started on an expired certificate takes its renewal as
+    any other rotation, and refuses a replacement that is expired too.
+    """
+    now = datetime.now(timezone.utc)
+    old = dict(not_before=now - timedelta(days=30), not_after=now - timedelta(days=1))
+    setup.write("api", issue(setup.ca, HOSTS["api"], serial=7007, **old))
+    store = CertificateStore(setup.specs, log=Logger(observer=Events()))
+    assert store.serving()["api.example.com"].serial == 7007
+    setup.write("api", issue(setup.ca, HOSTS["api"], serial=7008, **old))
+    [problem] = store.check()
+    assert "certificate expired at" in problem
+    assert store.serving()["api.example.com"].serial == 7007
+    setup.write("api", issue(setup.ca, HOSTS["api"], serial=7009))
+    assert store.check() == []
+    assert store.serving()["api.example.com"].serial == 7009
+
+
+def test_store_refuses_mismatched_key_of_expired_certificate(setup: Setup) -> None:
+    """
+    Being expired excuses nothing else: its key must still match.
+    """
+    now = datetime.now(timezone.utc)
+    expired = issue(
+        setup.ca,
+        HOSTS["www"],
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
+    setup.write("www", expired)
+    setup.paths("www")[1].write_bytes(issue(setup.ca, HOSTS["www"]).key_pem)
+    with pytest.raises(CertificateError) as info:
+        CertificateStore(setup.specs, log=Logger(observer=Events()))
+    [problem] = info.value.problems
+    assert problem.startswith(str(setup.paths("www")[1]))
+    assert "private key does not match" in problem
+
+
 # -- validate_certificates
 
 
@@ -715,7 +818,6 @@ def test_validate_reports_each_problem(setup: Setup) -> None:
             tmp / "api.pem",
             "SNI name 'api.example.com' is already used by " + str(tmp / "api.pem"),
         ),
-        (tmp / "old.pem", "certificate expired at"),
         (tmp / "www.pem", "does not cover host 'nope.example.com'"),
         (tmp / "www.pem", "a wildcard may only be the whole first label"),
     ]
@@ -726,6 +828,12 @@ def test_validate_reports_each_problem(setup: Setup) -> None:
             problems,
         )
     assert len(problems) == len(expected), problems
+    # An expired certificate is served, so it is a warning, not a problem.
+    report = check_certificates(specs)
+    assert list(report.problems) == problems
+    [warning] = report.warnings
+    assert warning.index == specs.index(warning.spec) == len(specs) - 2
+    assert warning.problem.startswith(f"{tmp / 'old.pem'}: certificate expired at")
 
 
 def test_validate_empty() -> None:

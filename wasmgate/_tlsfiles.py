@@ -27,6 +27,7 @@ __all__ = [
     "FileSnapshot",
     "LoadedPair",
     "PairError",
+    "date_problems",
     "describe",
     "load_ca_certificates",
     "load_pair",
@@ -164,6 +165,28 @@ def _iso(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def date_problems(
+    path: str, leaf: x509.Certificate, *, now: datetime | None = None
+) -> list[str]:
+    """
+    What is wrong with the validity dates of C{leaf} (read from C{path})
+    at C{now}: expired, or not valid yet.  Empty if it is current.
+    """
+    when = now if now is not None else datetime.now(timezone.utc)
+    problems = []
+    if leaf.not_valid_after_utc <= when:
+        problems.append(
+            f"{path}: certificate expired at "
+            f"{_iso(leaf.not_valid_after_utc)} ({describe(leaf)})"
+        )
+    if leaf.not_valid_before_utc > when:
+        problems.append(
+            f"{path}: certificate is not valid until "
+            f"{_iso(leaf.not_valid_before_utc)} ({describe(leaf)})"
+        )
+    return problems
+
+
 def _spki(public_key: object) -> bytes:
     return public_key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.DER,
@@ -215,14 +238,21 @@ def load_pair(
     key: FileSnapshot,
     *,
     now: datetime | None = None,
+    check_dates: bool = True,
 ) -> LoadedPair:
     """
     Parse and validate a certificate file (leaf first, then optional
     intermediates) and its key file.
 
+    @param check_dates: refuse a leaf that has expired or is not valid
+        yet.  Rotation does (a new pair must be better than the one in
+        service); start-up does not, and warns instead (L{date_problems}),
+        because refusing to start over one forgotten host takes every
+        other host down with it.
+
     @raise PairError: with every problem found: unreadable or
-        unparsable files, a key that does not belong to the leaf, a leaf
-        that has expired or is not valid yet.
+        unparsable files, a key that does not belong to the leaf and
+        (with C{check_dates}) a leaf that has expired or is not valid yet.
     """
     problems: list[str] = []
     chain: tuple[x509.Certificate, ...] = ()
@@ -245,19 +275,8 @@ def load_pair(
                 f"{key.path}: private key does not match the certificate in "
                 f"{cert.path} ({describe(chain[0])})"
             )
-    if chain:
-        when = now if now is not None else datetime.now(timezone.utc)
-        leaf = chain[0]
-        if leaf.not_valid_after_utc <= when:
-            problems.append(
-                f"{cert.path}: certificate expired at "
-                f"{_iso(leaf.not_valid_after_utc)} ({describe(leaf)})"
-            )
-        if leaf.not_valid_before_utc > when:
-            problems.append(
-                f"{cert.path}: certificate is not valid until "
-                f"{_iso(leaf.not_valid_before_utc)} ({describe(leaf)})"
-            )
+    if chain and check_dates:
+        problems += date_problems(cert.path, chain[0], now=now)
     if problems:
         raise PairError(problems)
     assert private_key is not None and cert.sha256 and key.sha256

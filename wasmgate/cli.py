@@ -17,14 +17,17 @@ def _check(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         from wasmgate.checks import deep_check
 
-        problems = deep_check(config)
+        report = deep_check(config)
     except ConfigError as e:
         print(f"{args.config}: invalid\n{e}", file=sys.stderr)
         return 1
-    if problems:
+    if report.problems:
         print(f"{args.config}: invalid", file=sys.stderr)
-        for problem in problems:
+        for problem in report.problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"{args.config}: {warning}", file=sys.stderr)
+    if report.problems:
         return 1
     print(
         f"{args.config}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams,"

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from wasmgate._tlsfiles import (
     LoadedPair,
     PairError,
+    date_problems,
     describe,
     load_ca_certificates,
     load_pair,
@@ -63,11 +64,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CertificateError",
+    "CertificateReport",
     "CertificateSlot",
     "CertificateSpec",
     "CertificateStore",
+    "CertificateWarning",
     "TLSMetrics",
     "certificate_specs",
+    "check_certificates",
     "tls_endpoint",
     "tls_factory",
     "upstream_tls_policy",
@@ -293,6 +297,10 @@ class CertificateStore:
     ) -> None:
         """
         Load and validate every pair; refuse to start with any bad one.
+        A certificate that has expired or is not valid yet is served all
+        the same, with a warning logged: refusing it would turn one
+        forgotten host into an outage of every host (nginx and Envoy
+        serve it too).
 
         @param metrics: the process's L{TLSMetrics}, shared by every store
             built over the process's life (config reloads).
@@ -324,7 +332,9 @@ class CertificateStore:
         for spec in certificates:
             seen = (stat_signature(spec.cert), stat_signature(spec.key))
             try:
-                pair = load_pair(read_snapshot(spec.cert), read_snapshot(spec.key))
+                pair = load_pair(
+                    read_snapshot(spec.cert), read_snapshot(spec.key), check_dates=False
+                )
             except PairError as e:  # changed since validation just now
                 raise CertificateError(e.problems) from None
             entry = _Entry(
@@ -337,6 +347,21 @@ class CertificateStore:
             self._entries.append(entry)
         self._routes = self._make_routes()
         self._metrics.attach(self)
+        for entry in self._entries:
+            self._warn_dates(entry)
+
+    def _warn_dates(self, entry: _Entry) -> None:
+        for problem in date_problems(entry.spec.cert, entry.pair.leaf):
+            self._log.warn(
+                "TLS certificate for {hosts}: {problem}; serving it anyway, "
+                "but clients that check dates will refuse it",
+                hosts=", ".join(entry.hosts),
+                problem=problem,
+                cert_file=entry.spec.cert,
+                key_file=entry.spec.key,
+                not_before=entry.pair.leaf.not_valid_before_utc.isoformat(),
+                not_after=entry.pair.not_after.isoformat(),
+            )
 
     def close(self) -> None:
         """
@@ -596,23 +621,55 @@ def tls_endpoint(
     return wrapServerTLS(store, endpoint)
 
 
-def validate_certificates(
+@dataclass(frozen=True)
+class CertificateWarning:
+    """
+    A configured certificate that loads and is served, but that clients
+    checking dates will refuse: expired or not valid yet.
+
+    @ivar index: its position in C{server.tls.certificates}.
+    @ivar problem: names the file, the date and the certificate.
+    """
+
+    index: int
+    spec: CertificateSpec
+    problem: str
+
+
+@dataclass(frozen=True)
+class CertificateReport:
+    """
+    What L{check_certificates} found: C{problems} stop the gateway from
+    starting, C{warnings} do not.
+    """
+
+    problems: tuple[str, ...]
+    warnings: tuple[CertificateWarning, ...]
+
+
+def check_certificates(
     specs: Sequence[CertificateSpec],
     *,
     now: datetime | None = None,
     check_hosts: bool = True,
-) -> list[str]:
+) -> CertificateReport:
     """
-    Every problem with the configured certificates, for C{wasmgate check}
-    and start-up: files that are missing or do not parse, keys that do not
-    match, certificates expired or not yet valid, malformed or duplicate SNI
-    names and (with C{check_hosts}) names their certificate does not cover.
+    Judge the configured certificates as start-up does, for C{wasmgate
+    check}.
+
+    Problems: files that are missing or do not parse, keys that do not
+    match, malformed or duplicate SNI names and (with C{check_hosts}) names
+    their certificate does not cover.  Warnings: certificates expired or
+    not valid yet, which are served anyway.
     """
     if not specs:
-        return ["server.tls.certificates: no certificates configured"]
+        return CertificateReport(
+            ("server.tls.certificates: no certificates configured",), ()
+        )
     problems: list[str] = []
+    warnings: list[CertificateWarning] = []
     owner: dict[str, str] = {}
-    for spec in specs:
+    for index, spec in enumerate(specs):
         if not spec.hosts:
             problems.append(f"{spec.cert}: no hosts listed for this certificate")
         hosts = []
@@ -631,10 +688,16 @@ def validate_certificates(
             else:
                 owner[host] = spec.cert
         try:
-            pair = load_pair(read_snapshot(spec.cert), read_snapshot(spec.key), now=now)
+            pair = load_pair(
+                read_snapshot(spec.cert), read_snapshot(spec.key), check_dates=False
+            )
         except PairError as e:
             problems += e.problems
             continue
+        warnings += (
+            CertificateWarning(index, spec, problem)
+            for problem in date_problems(spec.cert, pair.leaf, now=now)
+        )
         if check_hosts:
             names = pair.dns_names()
             for host in hosts:
@@ -643,7 +706,20 @@ def validate_certificates(
                         f"{spec.cert}: certificate does not cover host "
                         f"{host!r} (it is for: {', '.join(names) or 'no DNS names'})"
                     )
-    return problems
+    return CertificateReport(tuple(problems), tuple(warnings))
+
+
+def validate_certificates(
+    specs: Sequence[CertificateSpec],
+    *,
+    now: datetime | None = None,
+    check_hosts: bool = True,
+) -> list[str]:
+    """
+    The problems L{check_certificates} finds, which refuse start-up (an
+    expired certificate is not one of them).
+    """
+    return list(check_certificates(specs, now=now, check_hosts=check_hosts).problems)
 
 
 # -- upstream (client) TLS
