@@ -197,6 +197,51 @@ def test_check_validates_the_tls_section(tmp_path):
     assert twistd.returncode != 0 and "server.tls" in twistd.stderr
 
 
+def test_check_warns_about_an_expired_certificate(tmp_path):
+    """
+    An expired certificate is served (one forgotten host must not stop the
+    others), so C{check} warns and passes; a key that does not match still
+    fails it.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from tests.certs import issue, make_ca, write_pair
+
+    ca = make_ca()
+    now = datetime.now(timezone.utc)
+    expired_at = (now - timedelta(days=1)).replace(microsecond=0)
+    write_pair(issue(ca, ["a.example.com"]), tmp_path / "a.pem", tmp_path / "a.key")
+    write_pair(
+        issue(ca, ["b.example.com"], not_before=now - timedelta(days=90), not_after=expired_at),
+        tmp_path / "b.pem",
+        tmp_path / "b.key",
+    )
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "server:\n  listen: tcp:8443\n  tls:\n    certificates:\n"
+        "      - {hosts: [a.example.com], cert: a.pem, key: a.key}\n"
+        "      - {hosts: [b.example.com], cert: b.pem, key: b.key}\n"
+        "routes: [{match: {path_prefix: /}, upstream: u}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
+    )
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 0, check.stderr
+    assert f"{path}: ok" in check.stdout
+    [line] = check.stderr.splitlines()
+    assert line.startswith(
+        f"{path}: server.tls.certificates[1].cert: warning: {tmp_path / 'b.pem'}: "
+        f"certificate expired at {expired_at:%Y-%m-%dT%H:%M:%SZ} (b.example.com, serial "
+    ), line
+
+    (tmp_path / "b.key").write_bytes(issue(ca, ["b.example.com"]).key_pem)
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 1
+    assert (
+        f"{path}: server.tls: {tmp_path / 'b.key'}: private key does not match the "
+        f"certificate in {tmp_path / 'b.pem'}"
+    ) in check.stderr
+
+
 def test_systemd_listener_without_a_socket_is_a_clear_error(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text(
@@ -207,3 +252,16 @@ def test_systemd_listener_without_a_socket_is_a_clear_error(tmp_path):
     twistd = run(TWISTD, "--pidfile=", "-n", "wasmgate", "-c", str(path))
     assert twistd.returncode != 0
     assert f"{path}: server.listen[0]: cannot listen on 'systemd:domain=INET:index=0': systemd passed no such socket" in twistd.stderr
+
+
+def test_check_loads_upstream_ca_files(tmp_path):
+    """A CA bundle that holds no certificate fails the check, naming the key."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "routes: [{match: {path_prefix: /}, upstream: u}]\n"
+        f"upstreams: {{u: {{targets: ['https://127.0.0.1:1'], ca_file: {tmp_path / 'ca.pem'}}}}}\n"
+    )
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 1
+    assert f"{path}: upstreams.u.ca_file: {tmp_path / 'ca.pem'}: no PEM CA certificate in file" in check.stderr
