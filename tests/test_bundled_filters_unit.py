@@ -600,3 +600,111 @@ def test_redactor_bad_config_refused(
     guest = Guest(redactor_module, host)
     assert guest.init(config) != 0
     assert len(host.errors()) == 1 and reason in host.errors()[0], host.errors()
+
+
+def redact_json(guest: Guest, body: bytes, content_type: str = "application/json") -> bytes:
+    d = guest.request(request(headers={"content-type": content_type}, body=body))
+    assert d is not None, "nothing was masked"
+    return base64.b64decode(d["body"])
+
+
+def test_json_number_card_becomes_string(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    """
+    A card that is a bare JSON number (sign included) becomes the string
+    "[REDACTED_CARD]", in objects and nested arrays, compact or not; a card
+    inside a string is replaced in place. The result is valid JSON.
+    """
+    guest = redactor(redactor_module, host, headers=[], emails=True, card_numbers=True)
+    body = (
+        b'{"card": 4111111111111111, "n": [[5500000000000004,-4222222222222],'
+        b'{"deep": [378282246310005]}], "s": "pay 4111-1111-1111-1111 now",'
+        b'"4111111111111111": "key", "email": "a@example.com", "ok": 1}'
+    )
+    out = redact_json(guest, body)
+    assert json.loads(out) == {
+        "card": "[REDACTED_CARD]",
+        "n": [["[REDACTED_CARD]", "[REDACTED_CARD]"], {"deep": ["[REDACTED_CARD]"]}],
+        "s": "pay [REDACTED_CARD] now",
+        "[REDACTED_CARD]": "key",
+        "email": "[REDACTED_EMAIL]",
+        "ok": 1,
+    }
+    # +json media types are JSON too; a top-level number is a document.
+    assert json.loads(redact_json(guest, b"4111111111111111", "application/vnd.api+json")) == (
+        "[REDACTED_CARD]"
+    )
+
+
+def test_json_numbers_that_are_not_cards(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    """Fractions, exponents and numbers with more than 19 digits are left alone."""
+    guest = redactor(redactor_module, host, headers=[], card_numbers=True)
+    body = (
+        b'{"a": 4111111111111111.5, "b": 4111111111111111e2, "c": 0.4111111111111111,'
+        b' "d": 1e4111111111111111, "e": 41111111111111111111}'
+    )
+    assert guest.request(request(headers={"content-type": "application/json"}, body=body)) is None
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "0000000000000000",  # all zeros pass Luhn
+        "4444444444444448",  # not all one digit: still a card
+        "1234567812345670",  # Luhn-valid, first digit 1
+        "7992739871300",  # Luhn-valid, first digit 7
+        "8000000000000003",
+        "9999999999999995",
+        "1700000040000",  # a millisecond timestamp that passes Luhn
+    ],
+)
+def test_card_prefix_required(
+    redactor_module: wasmtime.Module, host: FakeHost, number: str
+) -> None:
+    """Luhn-valid numbers are masked only with a card network's first digit (2-6)."""
+    assert luhn_ok(number), number
+    guest = redactor(redactor_module, host, headers=[], card_numbers=True)
+    masked = number[0] in "23456"
+    for content_type, body in [
+        ("application/json", json.dumps({"s": number, "n": int(number)}).encode()),
+        ("text/plain", f"number {number} here".encode()),
+    ]:
+        d = guest.request(request(headers={"content-type": content_type}, body=body))
+        if masked:
+            assert d is not None and number.encode() not in base64.b64decode(d["body"])
+        else:
+            assert d is None, (content_type, base64.b64decode(d["body"]))
+
+
+@pytest.mark.parametrize("digit", "0123456789")
+def test_repeated_digit_is_not_a_card(
+    redactor_module: wasmtime.Module, host: FakeHost, digit: str
+) -> None:
+    """A run of one digit is never a card, even where it passes Luhn (2, 4 * 17; 6 * 13)."""
+    guest = redactor(redactor_module, host, headers=[], card_numbers=True)
+    for length in (13, 16, 17, 19):
+        run = digit * length
+        body = f"{run} {'-'.join(run[k:k + 4] for k in range(0, length, 4))}".encode()
+        assert guest.request(request(headers={"content-type": "text/plain"}, body=body)) is None
+
+
+def test_text_body_cards_stay_bare(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    """Outside JSON a card is replaced in place, with no quotes added."""
+    guest = redactor(redactor_module, host, headers=[], card_numbers=True)
+    body = b'{"card": 4111111111111111} -5500000000000004'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        d = guest.request(request(headers={"content-type": content_type}, body=body))
+        assert d is not None
+        assert base64.b64decode(d["body"]) == b'{"card": [REDACTED_CARD]} -[REDACTED_CARD]'
+
+
+def test_pattern_mask_escaped_in_json(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    """A configured mask with a quote, backslash or newline stays inside its JSON string."""
+    mask = 'x"y\\z\n'
+    guest = redactor(
+        redactor_module, host, headers=[], patterns=[{"pattern": r"tok_\w+", "mask": mask}]
+    )
+    body = json.dumps({"t": "id tok_abc end"}).encode()
+    assert json.loads(redact_json(guest, body)) == {"t": f"id {mask} end"}
+    # Text bodies get the mask as configured.
+    d = guest.request(request(headers={"content-type": "text/plain"}, body=b"id tok_abc end"))
+    assert d is not None and base64.b64decode(d["body"]) == b"id " + mask.encode() + b" end"

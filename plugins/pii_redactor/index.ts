@@ -8,7 +8,9 @@
 //                                    cookie, x-api-key); only present ones
 //   redact_response_headers: [names] response headers set to "REDACTED" (default none)
 //   emails: bool                     mask e-mail addresses in bodies -> [REDACTED_EMAIL]
-//   card_numbers: bool               mask Luhn-valid 13-19 digit numbers -> [REDACTED_CARD]
+//   card_numbers: bool               mask card numbers -> [REDACTED_CARD] (13-19
+//                                    digits, first digit 2-6, Luhn-valid; a bare
+//                                    JSON number becomes the string "[REDACTED_CARD]")
 //   patterns: [pattern | {pattern, mask}]   see pattern.ts; default mask [REDACTED]
 //   content_types: [media types]     bodies redacted only for these (a '*' is a
 //                                    wildcard: "text/*", "application/*+json")
@@ -240,6 +242,15 @@ function contentTypeMatches(contentType: string, allowed: Array<string>): bool {
   return false;
 }
 
+/** Whether `contentType` (a header value) says JSON: application/json or any +json. */
+function isJson(contentType: string): bool {
+  let media = contentType;
+  const semi = media.indexOf(";");
+  if (semi >= 0) media = media.substring(0, semi);
+  media = media.trim().toLowerCase();
+  return media == "application/json" || media.endsWith("+json");
+}
+
 /** Whether a body with these headers is one we may rewrite. */
 function bodyEligible(p: Payload, s: Settings): bool {
   const ct = p.header("content-type");
@@ -248,8 +259,11 @@ function bodyEligible(p: Payload, s: Settings): bool {
   return ce === null || ce.trim().length == 0 || ce.trim().toLowerCase() == "identity";
 }
 
-/** The redacted body, or null when nothing in it matched. */
-function redactBody(body: Uint8Array, s: Settings): Uint8Array | null {
+/**
+ * The redacted body, or null when nothing in it matched. `json` (the body is
+ * JSON) keeps a masked document valid JSON.
+ */
+function redactBody(body: Uint8Array, s: Settings, json: bool): Uint8Array | null {
   let current = body;
   let changed = false;
   if (s.emails) {
@@ -260,14 +274,14 @@ function redactBody(body: Uint8Array, s: Settings): Uint8Array | null {
     }
   }
   if (s.cards) {
-    const r = redactCards(current);
+    const r = redactCards(current, json);
     if (r !== null) {
       current = r;
       changed = true;
     }
   }
   for (let i = 0; i < s.patterns.length; i++) {
-    const r = redactPattern(current, s.patterns[i]);
+    const r = redactPattern(current, s.patterns[i], json);
     if (r !== null) {
       current = r;
       changed = true;
@@ -298,7 +312,7 @@ export function handle_request(ptr: usize, len: i32): i64 {
     } else if (bodyEligible(req, s)) {
       const body = req.body();
       if (body === null) throw new Error("pii_redactor: request body is not valid base64");
-      const red = redactBody(body, s);
+      const red = redactBody(body, s, isJson(<string>req.header("content-type")));
       if (red !== null) action.setBody(red);
     }
   }
@@ -320,7 +334,7 @@ export function handle_response(ptr: usize, len: i32): i64 {
   if (s.bodies && resp.bodyBase64 !== null && bodyEligible(resp, s)) {
     const body = resp.body();
     if (body === null) throw new Error("pii_redactor: response body is not valid base64");
-    const red = redactBody(body, s);
+    const red = redactBody(body, s, isJson(<string>resp.header("content-type")));
     if (red !== null) action.setBody(red);
   }
   return action.changed ? respond(action) : CONTINUE;

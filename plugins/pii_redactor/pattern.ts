@@ -27,11 +27,14 @@ class Atom {
 export class Pattern {
   source: string;
   mask: string;
+  /** `mask` escaped for use inside a JSON string. */
+  jsonMask: string;
   atoms: Array<Atom> = [];
 
   constructor(source: string, mask: string) {
     this.source = source;
     this.mask = mask;
+    this.jsonMask = jsonEscape(mask);
   }
 
   /**
@@ -71,6 +74,24 @@ export class Pattern {
     }
     return false;
   }
+}
+
+const HEX = "0123456789abcdef";
+
+/** `s` with `"`, `\` and control characters escaped as in a JSON string. */
+function jsonEscape(s: string): string {
+  let out = "";
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c == 0x22 || c == 0x5c) {
+      out += "\\" + String.fromCharCode(c);
+    } else if (c < 0x20) {
+      out += "\\u00" + HEX.charAt(c >> 4) + HEX.charAt(c & 0xf);
+    } else {
+      out += String.fromCharCode(c);
+    }
+  }
+  return out;
 }
 
 /** Result of compiling a pattern: the pattern, or why it was refused. */
