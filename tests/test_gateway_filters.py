@@ -297,3 +297,30 @@ async def test_client_leaving_during_a_filter_is_not_an_error(tmp_path, upstream
     assert not [e for e in events if e.get("log_level") == LogLevel.critical], events
     response, _ = await _get(http, gw.url + "/fine/echo")
     assert response.code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_the_wire_cannot_carry_is_a_500(tmp_path, upstream, start_gateway, http):
+    """
+    A header value beyond Latin-1 or a path that is not ASCII cannot be put
+    on the wire: the filter's output is bad (500), and the request is
+    answered rather than left hanging.
+    """
+    euro = _wasm(tmp_path, "euro", guests.respond({"headers": {"x-price": "5 \u20ac"}}))
+    accent = _wasm(tmp_path, "accent", guests.respond({"path": "/caf\u00e9"}))
+    plugins = f"""
+  - {{name: euro, path: {euro}}}
+  - {{name: accent, path: {accent}}}
+"""
+    routes = """
+  - {name: euro, match: {path_prefix: /euro}, filters: [euro], upstream: backend}
+  - {name: accent, match: {path_prefix: /accent}, filters: [accent], upstream: backend}
+"""
+    gw = start_gateway(_config(upstream.url, plugins, routes))
+    for path in ("/euro", "/accent"):
+        response, body = await _get(http, gw.url + path)
+        assert response.code == 500 and b"Traceback" not in body, (path, body)
+    assert upstream.app.connections == 0
+    scrape = (await _get(http, gw.admin_url + "/metrics"))[1].decode()
+    assert 'wasmgate_plugin_errors_total{kind="bad_output",plugin="euro"} 1.0' in scrape
+    assert 'wasmgate_plugin_errors_total{kind="bad_output",plugin="accent"} 1.0' in scrape

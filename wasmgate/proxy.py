@@ -211,7 +211,8 @@ class _Exchange:
             self.forward()
             return
         self.pending = route.chain.run_request(freq)
-        self.pending.addCallbacks(self._filtered, self._internal_error)
+        self.pending.addCallback(self._filtered)
+        self.pending.addErrback(self._internal_error)  # also a bug in _filtered: a 500, never a hang
 
     def _filter_request(self, route: "RouteRuntime", host: str, path: str) -> FilterRequest:
         request = self.request

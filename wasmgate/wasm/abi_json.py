@@ -63,8 +63,10 @@ DEFAULT_BLOCK_STATUS = 403
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
-_BAD_TARGET = re.compile(r"[\x00-\x20\x7f#]")
-_BAD_QUERY = re.compile(r"[\x00-\x20\x7f#]")
+_LATIN_1 = re.compile(r"[\x00-\xff]*\Z")
+# A request target is ASCII: anything else must come percent-encoded.
+_BAD_TARGET = re.compile(r"[^\x21-\x7e]|#")
+_BAD_QUERY = re.compile(r"[^\x21-\x7e]|#")
 
 _REQUEST_KEYS = frozenset(
     {"block", "status_code", "headers", "body", "path", "method", "query", "response_headers"}
@@ -270,6 +272,8 @@ def _check_value(name: str, value: Any) -> str:
         raise BadOutput("header %r: value must be a string, not %s" % (name, type(value).__name__))
     if _BAD_VALUE.search(value):
         raise BadOutput("header %r: value contains CR, LF or NUL" % (name,))
+    if not _LATIN_1.match(value):
+        raise BadOutput("header %r: value has characters beyond Latin-1 (send them encoded)" % (name,))
     return value
 
 
@@ -355,11 +359,11 @@ def apply_request_action(doc: dict, req: FilterRequest, plugin: str) -> Union[An
         doc.get("response_headers", {}) or {}, allow_null=False, what="response_headers"
     )
     if path is not None and (not path.startswith("/") or _BAD_TARGET.search(path)):
-        raise BadOutput("'path' must start with '/' and contain no spaces or control characters")
+        raise BadOutput("'path' must start with '/' and be printable ASCII without spaces (percent-encode the rest)")
     if method is not None and not _TOKEN.match(method):
         raise BadOutput("'method' must be an HTTP token")
     if query is not None and _BAD_QUERY.search(query):
-        raise BadOutput("'query' must contain no spaces or control characters")
+        raise BadOutput("'query' must be printable ASCII without spaces (percent-encode the rest)")
     extra = [(n, v) for n, vs in response_headers for v in (vs or [])]
     if block:
         answer_headers = [(n, v) for n, vs in headers if vs is not None for v in vs]
