@@ -55,6 +55,7 @@ from wasmgate.wasm.filter import exports_of, func_sig
 from wasmgate.wasm.filter import BadOutput, InstanceContext
 from wasmgate.wasm.hostfuncs import MAX_LOG_MESSAGE, GuestFault, HostFunc
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse, Headers
+from wasmgate.wasm.wasi import WasiExit
 
 MODULE = "http_handler"
 
@@ -188,7 +189,16 @@ class HttpWasmAbi:
             st["response"] = ctx.caller("handle_response", *_HANDLE_RESPONSE)
         for start in ("_initialize", "_start"):
             if ctx.export(start) is not None:
-                ctx.caller(start, (), ())()
+                try:
+                    ctx.caller(start, (), ())()
+                except _raw.GuestTrap:
+                    # TinyGo 0.35 and later end _start with proc_exit(0)
+                    # once main has returned (and registered the handler):
+                    # start-up is over, the instance is ready for requests.
+                    exited = ctx.host_error
+                    if not (isinstance(exited, WasiExit) and exited.code == 0):
+                        raise
+                    ctx.host_error = None
                 break
         if self.init_features is None:
             self.init_features = cur.features

@@ -36,6 +36,7 @@ from wasmgate.wasm import _raw
 from wasmgate.wasm.engine import WasmEngine
 from wasmgate.wasm.hostfuncs import GuestFault, HostEnv, HostFunc, TokenBucket, wasmgate_functions
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
+from wasmgate.wasm.wasi import wasi_functions
 
 FAILURE_KINDS = ("trap", "timeout", "oom", "bad_output", "state", "load")
 
@@ -311,6 +312,7 @@ class WasmFilter:
             problems = list(abi_class.problems(module))
             self._hosts = dict(wasmgate_functions(self.host_env))
             self._hosts.update(self.abi.host_functions())
+            self._hosts.update(wasi_functions(self.host_env, module))
             problems += import_problems(module, self._hosts)
             if problems:
                 raise PluginLoadError(name, "; ".join(problems))
