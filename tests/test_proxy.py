@@ -4,6 +4,7 @@ The reverse proxy end to end: a real gateway in front of a real upstream.
 from __future__ import annotations
 
 import json
+import time
 import socket
 
 import pytest
@@ -520,3 +521,47 @@ async def test_get_on_a_connection_the_upstream_closed_is_retried(start_gateway,
         assert response.code == 502
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_body_that_stalls_is_cut_after_the_route_timeout(upstream, start_gateway, http):
+    """
+    An upstream that sends headers and part of a body, then nothing, does
+    not hold the client forever: after the route's timeout with nothing new
+    the client's response is cut short (it can tell: the length was known).
+    """
+    routes = """
+  - {name: all, match: {path_prefix: /}, upstream: backend, timeout: 300ms}
+"""
+    gw = start_gateway(gateway_yaml(upstream.url, routes=routes))
+    started = time.monotonic()
+    response = await http.get(gw.url + "/stream?size=1000000&hold=1")
+    assert response.code == 200
+    with pytest.raises(Exception) as e:
+        await response.content()
+    elapsed = time.monotonic() - started
+    assert "ResponseFailed" in type(e.value).__name__ or "PotentialDataLoss" in repr(e.value), e.value
+    assert 0.25 < elapsed < 5.0, elapsed
+    assert not upstream.app.stream_finished
+
+
+@pytest_twisted.ensureDeferred
+async def test_least_requests_counts_a_response_until_its_body_is_done(start_upstream, start_gateway, http):
+    """
+    A target still streaming a body is busy: with least_requests the next
+    requests go to the idle target, until the stream ends.
+    """
+    a, b = start_upstream("a"), start_upstream("b")
+    text = gateway_yaml([a.url, b.url]).replace(
+        f'targets: {json.dumps([a.url, b.url])}', f'targets: {json.dumps([a.url, b.url])}\n    lb: least_requests'
+    )
+    gw = start_gateway(text)
+    streaming = await http.get(gw.url + "/stream?size=1000000&hold=1")
+    assert streaming.code == 200
+    busy, idle = (a, b) if a.app.release is not None else (b, a)
+    for _ in range(4):
+        response = await http.get(gw.url + "/echo")
+        await response.content()
+    assert idle.app.connections == 1 and busy.app.connections == 1  # no new one to the busy target
+    busy.app.release()
+    await streaming.content()

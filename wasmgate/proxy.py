@@ -181,6 +181,7 @@ class _Exchange:
         self.response_headers: list[tuple[str, str]] = []
         self.pending: Optional[defer.Deferred[Any]] = None
         self.body_transport: Any = None
+        self._holding: Optional[Target] = None
         self.done = False
         generation.request_started()
         request.notifyFinish().addBoth(self._finished)
@@ -293,7 +294,9 @@ class _Exchange:
         uri = freq.path + ("?" + freq.query if freq.query else "")
         url = (target.url + uri).encode("latin-1")
         timeout = self.route.config.timeout or self.generation.config.server.timeouts.upstream
-        target.active += 1
+        target.active += 1  # until the exchange is over (least_requests)
+        self._release_target()
+        self._holding = target
         d = self.route.upstream.agent.request(
             freq.method.encode("latin-1"), url, headers, self._body_producer()
         )
@@ -303,13 +306,13 @@ class _Exchange:
         timer = self.reactor.callLater(timeout, self._timed_out, d)
 
         def settled(result: Any) -> Any:
-            target.active -= 1
             if timer.active():
                 timer.cancel()
             return result
 
         def failed(reason: Failure) -> None:
             self.pending = None
+            self._release_target()
             if self.done:
                 return
             now = self.reactor.seconds()
@@ -332,6 +335,11 @@ class _Exchange:
         d.addBoth(settled)
         d.addCallbacks(lambda response: self._got_response(response, target), failed)
         d.addErrback(self._internal_error)
+
+    def _release_target(self) -> None:
+        target, self._holding = self._holding, None
+        if target is not None:
+            target.active -= 1
 
     def _timed_out(self, d: defer.Deferred[Any]) -> None:
         d.timed_out = True  # type: ignore[attr-defined]
@@ -382,6 +390,19 @@ class _Exchange:
         response.deliverBody(_BodyRelay(self))
         return None
 
+    def _body_idle_timer(self, on_idle: Callable[[], None]) -> "_IdleTimer":
+        """A timer for an upstream body that stops arriving mid-way."""
+        assert self.route is not None
+        timeout = self.route.config.timeout or self.generation.config.server.timeouts.upstream
+        return _IdleTimer(self.reactor, timeout, on_idle)
+
+    def _upstream_stalled(self) -> None:
+        self.info.error = "upstream sent nothing more of its body for the upstream timeout"
+        log.warn(
+            "upstream {upstream} target {target}: body stalled, giving up",
+            upstream=self.info.upstream, target=self.info.target,
+        )
+
     def _set_length(self, response: IResponse) -> None:
         """
         Keep the upstream's Content-Length: Twisted's client hides it in
@@ -400,18 +421,21 @@ class _Exchange:
         assert self.route is not None and self.route.chain is not None and self.freq is not None
         chain = self.route.chain
         limit = self.generation.config.server.max_body_bytes
+        # Read now: once the body is in, Twisted has let go of the parser
+        # that knows which headers the upstream's Connection header named.
+        hop_by_hop = _RESPONSE_DROP + _connection_named(response)
         if chain.wants_body:
             collected: defer.Deferred[Optional[bytes]] = defer.Deferred()
-            response.deliverBody(_Collect(collected, limit))
+            response.deliverBody(
+                _Collect(collected, limit, idle=self._body_idle_timer, on_stall=self._upstream_stalled)
+            )
         else:
             collected = defer.succeed(None)
 
         def run(body: Optional[bytes]) -> defer.Deferred[Any]:
             headers = [
                 (name.decode("latin-1"), value.decode("latin-1"))
-                for name, values in end_to_end(
-                    response.headers, drop=_RESPONSE_DROP + _connection_named(response)
-                )
+                for name, values in end_to_end(response.headers, drop=hop_by_hop)
                 for value in values
             ]
             resp = FilterResponse(status=response.code, headers=headers, body=body)
@@ -445,8 +469,10 @@ class _Exchange:
             self.request.finish()
 
         def too_large(reason: Failure) -> None:
-            reason.trap(_BodyTooLarge)
-            self.answer(502, b"upstream response too large for the response filters\n")
+            if reason.trap(_BodyTooLarge, _BodyStalled) is _BodyStalled:
+                self.answer(504, b"upstream timed out\n")
+            else:
+                self.answer(502, b"upstream response too large for the response filters\n")
 
         collected.addCallback(run)
         collected.addCallbacks(write, too_large)
@@ -502,6 +528,7 @@ class _Exchange:
     def _finished(self, result: Any) -> None:
         """The client got its answer, or went away: stop all work for it."""
         self.done = True
+        self._release_target()
         self.generation.request_finished()
         if self.route is not None and self.route.chain is not None and self.freq is not None:
             # http-wasm filters hold an instance per request until now.
@@ -557,12 +584,15 @@ class _BodyRelay(Protocol):
     def __init__(self, exchange: _Exchange) -> None:
         self.exchange = exchange
         self.producer: Optional[_Backpressure] = None
+        self.idle: Optional[_IdleTimer] = None
 
     def connectionMade(self) -> None:
         exchange = self.exchange
         if exchange.done:
             self.transport.stopProducing()
             return
+        self.idle = exchange._body_idle_timer(self._idle)
+        self.idle.touch()
         self.producer = producer = _Backpressure(
             self.transport,
             clock=exchange.reactor,
@@ -581,13 +611,25 @@ class _BodyRelay(Protocol):
         if transport is not None:
             transport.abortConnection()
 
+    def _idle(self) -> None:
+        if self.producer is not None and self.producer.paused:
+            assert self.idle is not None
+            self.idle.touch()  # the client is slow, not the upstream
+            return
+        self.exchange._upstream_stalled()
+        self.transport.stopProducing()
+
     def dataReceived(self, data: bytes) -> None:
+        if self.idle is not None:
+            self.idle.touch()
         if not self.exchange.done:
             self.exchange.request.write(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         exchange = self.exchange
         exchange.body_transport = None
+        if self.idle is not None:
+            self.idle.cancel()
         if self.producer is not None:
             self.producer.cancel_stall_timer()
         if exchange.done:
@@ -637,6 +679,11 @@ class _Backpressure:
         self.cancel_stall_timer()
         self._upstream.stopProducing()
 
+    @property
+    def paused(self) -> bool:
+        """Whether the client's connection has paused the upstream body."""
+        return self._timer is not None
+
     def cancel_stall_timer(self) -> None:
         if self._timer is not None:
             if self._timer.active():
@@ -653,16 +700,62 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BodyStalled(Exception):
+    pass
+
+
+class _IdleTimer:
+    """Calls C{on_idle} once nothing has touched it for C{timeout} seconds."""
+
+    def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._on_idle = on_idle
+        self._call: Any = None
+
+    def touch(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.reset(self._timeout)
+        else:
+            self._call = self._clock.callLater(self._timeout, self._on_idle)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
 class _Collect(Protocol):
     """Buffers a body for response filters, up to a limit."""
 
-    def __init__(self, done: defer.Deferred[Optional[bytes]], limit: int) -> None:
+    def __init__(
+        self,
+        done: defer.Deferred[Optional[bytes]],
+        limit: int,
+        *,
+        idle: Optional[Callable[[Callable[[], None]], _IdleTimer]] = None,
+        on_stall: Callable[[], None] = lambda: None,
+    ) -> None:
         self.done = done
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
+        self._on_stall = on_stall
+        self.stalled = False
+        self.idle = idle(self._stalled) if idle is not None else None
+
+    def connectionMade(self) -> None:
+        if self.idle is not None:
+            self.idle.touch()
+
+    def _stalled(self) -> None:
+        self.stalled = True
+        self._on_stall()
+        self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.idle is not None:
+            self.idle.touch()
         self.size += len(data)
         if self.size > self.limit:
             self.transport.stopProducing()
@@ -670,7 +763,11 @@ class _Collect(Protocol):
         self.parts.append(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        if self.size > self.limit:
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.stalled:
+            self.done.errback(_BodyStalled())
+        elif self.size > self.limit:
             self.done.errback(_BodyTooLarge())
         elif reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(b"".join(self.parts))
