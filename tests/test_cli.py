@@ -265,3 +265,105 @@ def test_check_loads_upstream_ca_files(tmp_path):
     check = run(WASMGATE, "check", "-c", str(path))
     assert check.returncode == 1
     assert f"{path}: upstreams.u.ca_file: {tmp_path / 'ca.pem'}: no PEM CA certificate in file" in check.stderr
+
+
+RATE_LIMITER = ROOT / "plugins" / "rate_limiter.wasm"
+
+INIT_TRAPS = """
+(module
+  (memory (export "memory") 2)
+  (func (export "wasmgate_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "handle_request") (param i32 i32) (result i64) (i64.const 0))
+  (func (export "wasmgate_init") (param i32 i32) (result i32) unreachable)
+)
+"""
+
+
+def test_plugin_inspect_without_config_is_not_broken():
+    """
+    The bundled rate limiter refuses an empty config (it needs a C{limit}):
+    inspecting it without one says so, with its reason, and that it loads.
+    """
+    result = run(WASMGATE, "plugin", "inspect", str(RATE_LIMITER))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "loads: NO" not in result.stdout
+    assert (
+        "  loads: yes (its wasmgate_init refused an empty config: pass --plugin-config to check yours)\n"
+        "    - wasmgate_init refused the plugin's config (returned 1): "
+        "rate_limiter: bad config: 'limit' is required\n"
+    ) in result.stdout
+
+
+def test_plugin_inspect_with_config(tmp_path):
+    """A given config is what C{wasmgate_init} gets; refusing it fails."""
+    good = run(
+        WASMGATE, "plugin", "inspect", str(RATE_LIMITER),
+        "--plugin-config-json", '{"limit": 10, "window": "60s", "key": "client_ip"}',
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert good.stdout.endswith("  loads: yes\n")
+    (tmp_path / "rl.yaml").write_text("limit: 10\nwindow: 60s\n")
+    from_file = run(WASMGATE, "plugin", "inspect", str(RATE_LIMITER), "--plugin-config", str(tmp_path / "rl.yaml"))
+    assert from_file.returncode == 0, from_file.stdout + from_file.stderr
+    assert from_file.stdout.endswith("  loads: yes\n")
+    (tmp_path / "rl.json").write_text('{"limit": 10}')
+    for option, value in [("--plugin-config-json", '{"limit": 10}'), ("--plugin-config", str(tmp_path / "rl.json"))]:
+        bad = run(WASMGATE, "plugin", "inspect", str(RATE_LIMITER), option, value)
+        assert bad.returncode == 1
+        assert bad.stdout.endswith(
+            "  loads: NO\n    - wasmgate_init refused the plugin's config (returned 1): "
+            "rate_limiter: bad config: 'window' is required (e.g. \"60s\")\n"
+        ), bad.stdout
+    not_a_mapping = run(WASMGATE, "plugin", "inspect", str(RATE_LIMITER), "--plugin-config-json", "[1]")
+    assert not_a_mapping.returncode == 2
+    assert "--plugin-config-json: expected a mapping, got list" in not_a_mapping.stderr
+
+
+def test_plugin_inspect_a_configured_plugin(tmp_path):
+    """C{-c gateway.yaml NAME} loads the plugin with the config the gateway gives it."""
+    result = run(WASMGATE, "plugin", "inspect", "-c", str(EXAMPLE), "rate_limiter")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"plugin rate_limiter: {RATE_LIMITER} (")
+    assert result.stdout.endswith("  loads: yes\n")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"plugins: [{{name: rl, path: {RATE_LIMITER}, config: {{limit: 0, window: 1m}}}}]\n"
+        "routes: [{match: {path_prefix: /}, upstream: u, filters: [rl]}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
+    )
+    bad = run(WASMGATE, "plugin", "inspect", "-c", str(path), "rl")
+    assert bad.returncode == 1
+    assert "  loads: NO\n    - wasmgate_init refused the plugin's config" in bad.stdout
+    assert "limit" in bad.stdout.splitlines()[-1]
+    missing = run(WASMGATE, "plugin", "inspect", "-c", str(path), "nope")
+    assert missing.returncode == 1
+    assert f"{path}: no plugin named 'nope' (plugins: rl)" in missing.stderr
+
+
+def test_plugin_inspect_without_config_still_fails_a_broken_module(tmp_path):
+    """
+    Without a config only C{wasmgate_init} refusing it is forgiven: a module
+    that cannot load for another reason is still NO, with that reason.
+    """
+    import wasmtime
+
+    from tests import wasm_guests
+
+    cases = {
+        "refuses": (wasm_guests.INIT_REFUSES, None),
+        "unknown_import": (wasm_guests.UNKNOWN_IMPORT, "env.launch_missiles"),
+        "no_memory": (wasm_guests.NO_MEMORY, "missing export 'memory'"),
+        "init_traps": (INIT_TRAPS, "initialisation failed (trap)"),
+    }
+    for name, (wat, reason) in cases.items():
+        path = tmp_path / f"{name}.wasm"
+        path.write_bytes(wasmtime.wat2wasm(wat))
+        result = run(WASMGATE, "plugin", "inspect", str(path))
+        if reason is None:
+            assert result.returncode == 0, result.stdout
+            assert "  loads: yes (its wasmgate_init refused an empty config" in result.stdout
+            continue
+        assert result.returncode == 1, result.stdout
+        assert "refused an empty config" not in result.stdout
+        [problem] = result.stdout.split("  loads: NO\n")[1].splitlines()
+        assert problem.startswith("    - ") and reason in problem, result.stdout

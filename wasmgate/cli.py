@@ -6,8 +6,10 @@ run a C{demo-upstream}.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from wasmgate.config import ConfigError, load_config
 
@@ -36,13 +38,83 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    """A bad option value: printed, exit status 2 (as argparse does)."""
+
+
+def _given_plugin_config(args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """The plugin config from C{--plugin-config}/C{--plugin-config-json}, if any."""
+    if args.plugin_config_json is not None:
+        try:
+            value = json.loads(args.plugin_config_json)
+        except ValueError as e:
+            raise _UsageError(f"--plugin-config-json: not JSON: {e}")
+        return _mapping("--plugin-config-json", value)
+    if args.plugin_config is not None:
+        option = "--plugin-config " + args.plugin_config
+        try:
+            with open(args.plugin_config, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise _UsageError(f"{option}: cannot read it: {e.strerror or e}")
+        import yaml  # a superset of JSON: one parser for both files
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise _UsageError(f"{option}: not JSON or YAML: {' '.join(str(e).split())}")
+        return _mapping(option, {} if value is None else value)
+    return None
+
+
+def _mapping(option: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _UsageError(f"{option}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from wasmgate.wasm.engine import WasmEngine
     from wasmgate.wasm.inspect import inspect_module
 
+    try:
+        given = _given_plugin_config(args)
+    except _UsageError as e:
+        print(f"wasmgate plugin inspect: {e}", file=sys.stderr)
+        return 2
+    source: Any = args.plugin
+    options: dict[str, Any] = {"config": given or {}, "config_known": given is not None}
+    if args.config is not None:
+        from wasmgate.sources import PluginSource
+        from wasmgate.wasm.filter import PluginLoadError
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(f"{args.config}: invalid\n{e}", file=sys.stderr)
+            return 1
+        try:
+            plugin = config.plugin(args.plugin)
+        except KeyError:
+            names = ", ".join(p.name for p in config.plugins) or "none"
+            print(f"{args.config}: no plugin named {args.plugin!r} (plugins: {names})", file=sys.stderr)
+            return 1
+        cache = config.filters.cache_dir
+        fetcher = PluginSource(reactor=None, cache_dir=os.path.join(cache, "plugins") if cache else None)
+        try:
+            source = fetcher.fetch_sync(plugin)
+        except PluginLoadError as e:
+            print(f"{args.config}: plugin {plugin.name}: {e.what}", file=sys.stderr)
+            return 1
+        options = {
+            "config": given if given is not None else dict(plugin.config),
+            "config_known": True,
+            "memory_limit_mb": plugin.memory_limit_mb,
+            "name": f"plugin {plugin.name}: {plugin.path}",
+        }
     engine = WasmEngine()
     try:
-        report = inspect_module(args.file, engine)
+        report = inspect_module(source, engine, **options)
     finally:
         engine.stop()
     print(report.text())
@@ -66,8 +138,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     plugin = commands.add_parser("plugin", help="plugin tools")
     plugin_commands = plugin.add_subparsers(dest="plugin_command", required=True)
-    inspect = plugin_commands.add_parser("inspect", help="show a .wasm module's ABI, imports, exports")
-    inspect.add_argument("file")
+    inspect = plugin_commands.add_parser(
+        "inspect",
+        help="show a .wasm module's ABI, imports, exports and whether it loads",
+        description="Show a .wasm module's ABI, imports and exports, and load it once"
+        " (running its wasmgate_init with the plugin config) to see whether the gateway could.",
+    )
+    inspect.add_argument(
+        "plugin", metavar="FILE|NAME", help="a .wasm file, or with -c the name of a configured plugin"
+    )
+    inspect.add_argument(
+        "-c",
+        "--config",
+        metavar="GATEWAY_YAML",
+        help="inspect plugin NAME of this gateway config, with its config and memory limit",
+    )
+    given = inspect.add_mutually_exclusive_group()
+    given.add_argument(
+        "--plugin-config", metavar="FILE", help="the plugin's config, a JSON or YAML file"
+    )
+    given.add_argument(
+        "--plugin-config-json", metavar="JSON", help="the plugin's config inline, e.g. '{\"limit\": 10}'"
+    )
     inspect.set_defaults(run=_inspect)
 
     demo = commands.add_parser("demo-upstream", help="run an echo server to proxy to")

@@ -5,7 +5,9 @@ Helpers for testing your own filters without a gateway (like C{treq.testing}).
     from wasmgate.testing import run_filter
     from wasmgate.wasm.messages import Answer
 
-    result = run_filter("plugins/rate_limiter.wasm", path="/api", config={"limit": 1})
+    result = run_filter(
+        "plugins/rate_limiter.wasm", path="/api", config={"limit": 1, "window": "60s"}
+    )
     assert not isinstance(result, Answer)
 
 Everything is synchronous and real: a wasmtime engine, the filter built as

@@ -4,18 +4,24 @@ What a C{.wasm} file is, for C{wasmgate plugin inspect FILE}.
 
 L{inspect_module} never raises for a bad module: whatever is wrong ends up
 in the report's C{problems}, and C{ok} says whether it would load.
+
+Whether it loads can depend on the config its C{wasmgate_init} is given:
+without the user's config, a refusal of the empty one is not a broken
+module (the bundled rate limiter needs a C{limit}), so the caller can say
+it has no config (C{config_known=False}) and the refusal is only noted.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import wasmtime
+from twisted.logger import Logger, LogLevel
 
 from wasmgate.state import MemoryCounterStore
 from wasmgate.wasm.engine import WasmEngine
-from wasmgate.wasm.filter import PluginLoadError, WasmFilter, select_abi
+from wasmgate.wasm.filter import InitRefused, PluginLoadError, WasmFilter, select_abi
 
 
 @dataclass
@@ -31,6 +37,9 @@ class InspectReport:
     memory: str = ""
     response_filter: bool = False
     problems: list[str] = field(default_factory=list)
+    config_refused: str = ""
+    """Why C{wasmgate_init} refused a config that was only a stand-in (see
+    C{config_known}); the module still counts as loading."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +52,7 @@ class InspectReport:
             "memory": self.memory,
             "response_filter": self.response_filter,
             "problems": list(self.problems),
+            "config_refused": self.config_refused,
         }
 
     def text(self) -> str:
@@ -56,7 +66,13 @@ class InspectReport:
         lines += ["    " + i for i in self.imports] or ["    (none)"]
         lines.append("  exports:")
         lines += ["    " + e for e in self.exports] or ["    (none)"]
-        if self.ok:
+        if self.ok and self.config_refused:
+            lines.append(
+                "  loads: yes (its wasmgate_init refused an empty config:"
+                " pass --plugin-config to check yours)"
+            )
+            lines.append("    - " + self.config_refused)
+        elif self.ok:
             lines.append("  loads: yes")
         else:
             lines.append("  loads: NO")
@@ -90,20 +106,29 @@ def inspect_module(
     source: Union[bytes, str, "os.PathLike[str]"],
     engine: WasmEngine,
     *,
-    config: Optional[dict] = None,
+    config: Optional[Mapping[str, Any]] = None,
+    config_known: bool = True,
     memory_limit_mb: float = 16,
+    name: Optional[str] = None,
 ) -> InspectReport:
     """
     Describe C{source} (wasm bytes or a file path) and try to load it with
     C{config} (default: empty) the way the gateway would.
+
+    @param config_known: C{False} when the caller does not have the
+        plugin's config and C{config} is a stand-in: C{wasmgate_init}
+        refusing it then goes to C{config_refused}, not C{problems}.
+    @param name: what to call C{source} in the report (default: its path,
+        or C{<bytes>}).
     """
     if isinstance(source, (bytes, bytearray)):
-        name, data = "<bytes>", bytes(source)
+        name, data = name or "<bytes>", bytes(source)
     else:
-        name = os.fspath(source)
+        path = os.fspath(source)
+        name = name or path
         report = InspectReport(source=name)
         try:
-            with open(name, "rb") as f:
+            with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             report.problems.append("cannot read file: %s" % (e.strerror or e,))
@@ -124,17 +149,31 @@ def inspect_module(
         report.abi = abi.name
         report.response_filter = bool(abi.speaks_response(module))
     store = MemoryCounterStore(max_keys=1000)
+    logged: list[str] = []
+
+    def observe(event: dict) -> None:
+        # What the guest says while it starts (why it refuses its config).
+        if "message" in event and event.get("log_level", LogLevel.info) >= LogLevel.warn:
+            logged.append(str(event["message"]))
+
     try:
         f = WasmFilter(
             name="inspect",
             module=module,
             engine=engine,
-            config=config or {},
+            config=dict(config or {}),
             memory_limit_mb=memory_limit_mb,
             state=store,
+            log=Logger(namespace="wasmgate.inspect", observer=observe),
         )
     except PluginLoadError as e:
-        report.problems.append(e.what)
+        why = e.what + "".join(": " + line for line in logged)
+        # The filter raises PluginLoadError while handling InitRefused.
+        if isinstance(e.__context__, InitRefused) and not config_known:
+            report.config_refused = why
+            report.ok = True
+        else:
+            report.problems.append(why)
     else:
         f.close()
         report.ok = True
