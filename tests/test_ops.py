@@ -440,3 +440,35 @@ upstreams:
     finally:
         process.terminate()
         await threads.deferToThread(process.wait, 20)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloading_a_changed_plugin_keeps_memory_bounded(tmp_path, upstream, start_gateway, http):
+    """
+    A plugin changed and reloaded again and again: once each old generation
+    is closed, the wasm runtime remembers only the live filter and the
+    engine's module cache only its module.
+    """
+    plugin = tmp_path / "live.wasm"
+
+    def write(version: int) -> None:
+        plugin.write_bytes(wasmtime.wat2wasm(guests.respond({"headers": {"x-version": str(version)}})))
+
+    write(0)
+    text = gateway_yaml(upstream.url, routes="""
+  - {name: all, match: {path_prefix: /}, filters: [live], upstream: backend}
+""").replace("routes:\n", f"plugins:\n  - {{name: live, path: {plugin}}}\nroutes:\n")
+    gw = start_gateway(text)
+    runtime = gw.service._wasm
+    for version in range(1, 9):
+        write(version)
+        await gw.service.reload()
+        response, body = await _get(http, gw.url + "/echo")
+        assert response.code == 200
+        assert json.loads(body)["headers"]["x-version"] == [str(version)]
+        live = list(gw.service.generation.filters.values())
+        deadline = time.monotonic() + 3
+        while set(runtime.live_filters()) != set(live) and time.monotonic() < deadline:
+            await _sleep(0.02)  # the old generation closes once drained
+        assert set(runtime.live_filters()) == set(live)
+        assert runtime.engine.cached_digests() == {runtime.digest_of(f) for f in live}

@@ -303,3 +303,80 @@ def test_unwritable_cache_dir_still_compiles(tmp_path) -> None:
     e = _engine(cache_dir=str(blocker / "sub"))
     e.compile(WASM)
     assert e.compiles == 1 and e.cache_errors == 1
+
+
+# -- the module cache follows the live filters -------------------------------
+
+
+def test_forget_digest_and_cached_digests() -> None:
+    import hashlib
+
+    e = _engine()
+    m1 = e.compile(WASM)
+    digest = hashlib.sha256(WASM).hexdigest()
+    assert e.cached_digests() == {digest}
+    e.forget_digest(digest)
+    assert e.cached_digests() == frozenset()
+    assert e.compile(WASM) is not m1 and e.compiles == 2
+
+
+def test_runtime_caches_hold_only_live_filters(tmp_path) -> None:
+    """
+    Plugins replaced over and over (as C{reload_interval} does), with
+    retired filters closed as a finished generation closes them: the
+    runtime forgets each closed filter and the engine's memory cache keeps
+    only modules some live filter was built from, so neither grows.
+    """
+    from twisted.python.threadpool import ThreadPool
+
+    from tests.conftest import gateway_yaml
+    from wasmgate.config import ConfigError, parse_config
+    from wasmgate.state import MemoryCounterStore
+    from wasmgate.wasm.runtime import WasmRuntime
+
+    steady = tmp_path / "steady.wasm"
+    steady.write_bytes(WASM)
+
+    def config(version: int, *, twin: bool, guest: str | None = None):
+        live = tmp_path / f"live-{version}.wasm"
+        source = guest or wasm_guests.respond({"headers": {"x-version": str(version)}})
+        live.write_bytes(wasmtime.wat2wasm(source))
+        plugins = [f"  - {{name: live, path: {live}}}", f"  - {{name: steady, path: {steady}}}"]
+        if twin:  # same bytes as steady: one module, two filters
+            plugins.append(f"  - {{name: twin, path: {steady}, timeout_ms: 70}}")
+        text = gateway_yaml("http://127.0.0.1:9").replace(
+            "routes:\n", "plugins:\n" + "\n".join(plugins) + "\nroutes:\n"
+        )
+        return parse_config(text, source="gateway.yaml")
+
+    runtime = WasmRuntime(
+        config(0, twin=True),
+        reactor=None,
+        pool=ThreadPool(minthreads=0, maxthreads=1),
+        state=MemoryCounterStore(),
+    )
+    try:
+        current = runtime.load_filters(config(0, twin=True))
+        first_steady = current["steady"]
+        for version in range(1, 25):
+            twin = version < 12
+            broken = wasm_guests.MISSING_HANDLE_REQUEST if version % 5 == 0 else None
+            try:
+                new = runtime.load_filters(config(version, twin=twin, guest=broken), previous=current)
+            except ConfigError:
+                new = None  # a broken plugin: the current generation stays
+            if new is not None:
+                for f in current.values():  # what Generation.close does
+                    if f not in new.values():
+                        f.close()
+                current = new
+            live = set(current.values())
+            assert set(runtime.live_filters()) == live
+            assert runtime.engine.cached_digests() == {runtime.digest_of(f) for f in live}
+        assert current["steady"] is first_steady and "twin" not in current
+        assert len(runtime.engine.cached_digests()) == 2
+    finally:
+        for f in current.values():
+            f.close()
+        runtime.stop()
+    assert runtime.live_filters() == [] and runtime.engine.cached_digests() == frozenset()

@@ -419,3 +419,114 @@ def test_inspect_problems(engine: WasmEngine, tmp_path) -> None:
     assert not report.ok and "cannot read file" in report.problems[0]
     report = inspect_module(wasmtime.wat2wasm(g.INIT_REFUSES), engine)
     assert not report.ok and "refused" in report.problems[0]
+
+
+# -- tables count against the memory cap -------------------------------------
+
+TABLE_BOMB = """
+(module
+  (memory (export "memory") 2)
+  %(alloc)s
+  (table $t 1 funcref)
+  (func (export "handle_request") (param $ptr i32) (param $len i32) (result i64)
+    (local $m i32)
+    (local.set $m (i32.load8_u offset=11 (local.get $ptr)))  ;; first letter of the method
+    ;; B: grow the table by 4,000,000 elements (32 MB), trap if refused
+    (if (i32.eq (local.get $m) (i32.const 66))
+      (then
+        (if (i32.eq (table.grow $t (ref.null func) (i32.const 4000000)) (i32.const -1))
+          (then unreachable))))
+    ;; S: a modest growth, as a guest's function table might need
+    (if (i32.eq (local.get $m) (i32.const 83))
+      (then
+        (if (i32.eq (table.grow $t (ref.null func) (i32.const 5000)) (i32.const -1))
+          (then unreachable))))
+    (i64.const 0))
+)
+""" % {"alloc": g.ALLOC}
+
+
+def test_table_growth_capped(engine: WasmEngine) -> None:
+    """
+    C{memory_limit_mb} bounds tables too: growing one by millions of
+    elements is refused (the guest traps on the refusal), the filter keeps
+    serving, and a growth a real guest might need still works.
+    """
+    rss_before = rss_bytes()
+    f = make(engine, TABLE_BOMB, memory_limit_mb=1)
+    for _ in range(3):
+        e = fail(f, "BOMB")
+        assert e.kind in ("trap", "oom")
+    assert rss_bytes() - rss_before < 24 * 1024 * 1024
+    assert isinstance(f.run_request(req("SMALL")), Continue)
+    assert isinstance(f.run_request(req()), Continue)
+
+
+@pytest.mark.parametrize(
+    "wat",
+    [
+        '(module (memory (export "memory") 1) (table 4000000 funcref)'
+        ' (func (export "wasmgate_alloc") (param i32) (result i32) (i32.const 0))'
+        ' (func (export "handle_request") (param i32 i32) (result i64) (i64.const 0)))',
+        '(module (memory (export "memory") 1) (memory $second 16)'
+        ' (func (export "wasmgate_alloc") (param i32) (result i32) (i32.const 0))'
+        ' (func (export "handle_request") (param i32 i32) (result i64) (i64.const 0)))',
+    ],
+    ids=["huge-table", "second-memory"],
+)
+def test_store_limits_refuse_at_instantiation(engine: WasmEngine, wat: str) -> None:
+    """A table over the cap, or a second memory (which would get a cap of
+    its own), cannot be instantiated."""
+    with pytest.raises(PluginLoadError) as e:
+        make(engine, wat, memory_limit_mb=1)
+    assert "cannot instantiate" in e.value.what
+
+
+# -- long counter keys --------------------------------------------------------
+
+
+class KeyRecordingStore(MemoryCounterStore):
+    """A memory store that remembers every key it was asked to count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: set[str] = set()
+
+    def incr(self, key: str, delta: int, ttl_ms: int) -> int:
+        self.keys.add(key)
+        return super().incr(key, delta, ttl_ms)
+
+
+RATE_LIMITER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugins", "rate_limiter.wasm"
+)
+
+
+def test_long_counter_key_is_digested() -> None:
+    """
+    The bundled rate limiter keyed on a 1,100-byte Authorization header
+    counts and limits it like any other key (no trap, no 502); the stored
+    key is a fixed-length digest in the plugin's namespace, distinct for
+    tokens that differ only after their first 1024 bytes.
+    """
+    from wasmgate.testing import run_filter
+
+    store = KeyRecordingStore()
+    token = "Bearer " + "a" * 1093
+    other = "Bearer " + "a" * 1092 + "b"
+    assert len(token) == len(other) == 1100
+    config = {"limit": 3, "window": "60s", "key": "header:authorization"}
+
+    def call(value: str) -> Any:
+        return run_filter(
+            RATE_LIMITER, config=config, state=store, name="rl", headers={"authorization": value}
+        )
+
+    results = [call(token) for _ in range(4)]
+    assert [isinstance(r, Continue) for r in results] == [True, True, True, False]
+    assert isinstance(results[3], Answer) and results[3].status == 429
+    assert isinstance(call(other), Continue)
+    assert store.keys and all(k.startswith("rl:") for k in store.keys)
+    assert max(len(k) for k in store.keys) < 200
+    assert all("sha256:" in k for k in store.keys)
+    assert len(store.keys) >= 2  # one bucket per token

@@ -40,6 +40,15 @@ def _wasmtime_version() -> str:
 
 _CACHE_MAGIC = b"WGCM1\n"
 
+TABLE_ELEMENT_BYTES = 8
+"""What wasmtime stores per table element (see C{Store.set_limits})."""
+
+MAX_TABLES = 4
+"""Tables a filter store may create (real guests define one, or none)."""
+
+MIN_TABLE_ELEMENTS = 10_000
+"""Elements any table may hold, however small the memory cap."""
+
 
 class WasmEngine:
     """
@@ -149,9 +158,43 @@ class WasmEngine:
 
     def forget(self, wasm_bytes: bytes) -> None:
         """Drop a module from the in-memory cache (e.g. after a reload)."""
-        digest = hashlib.sha256(wasm_bytes).hexdigest()
+        self.forget_digest(hashlib.sha256(wasm_bytes).hexdigest())
+
+    def forget_digest(self, digest: str) -> None:
+        """
+        Drop the module compiled from bytes with sha256 C{digest} from the
+        in-memory cache. Filters built from it keep working (they hold the
+        module); the cache just stops keeping it alive for later compiles.
+        """
         with self._lock:
             self._modules.pop(digest, None)
+
+    def cached_digests(self) -> frozenset[str]:
+        """The sha256 digests of the modules held in memory."""
+        with self._lock:
+            return frozenset(self._modules)
+
+    def store_limits(self, memory_size: int) -> dict[str, int]:
+        """
+        Keyword arguments for C{Store.set_limits} capping one filter store
+        at C{memory_size} bytes of linear memory.
+
+        Without them a guest can allocate around the memory cap: wasmtime
+        bounds each memory separately (so more memories would multiply it)
+        and leaves tables unbounded (C{table.grow} of millions of 8-byte
+        elements). A store holds one instance with one memory; its tables
+        get at most C{memory_size} bytes of elements between them, though
+        each may always hold L{MIN_TABLE_ELEMENTS}: far above the function
+        tables of real AssemblyScript, TinyGo or Rust guests.
+        """
+        per_table = max(MIN_TABLE_ELEMENTS, memory_size // (TABLE_ELEMENT_BYTES * MAX_TABLES))
+        return {
+            "memory_size": memory_size,
+            "table_elements": per_table,
+            "instances": 1,
+            "tables": MAX_TABLES,
+            "memories": 1,
+        }
 
     def cache_path(self, digest: str) -> Optional[str]:
         if self.cache_dir is None:

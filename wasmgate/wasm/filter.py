@@ -344,7 +344,7 @@ class WasmFilter:
     def _build(self) -> InstanceContext:
         """A fresh instance on this thread; L{PluginLoadError} if impossible."""
         store = wasmtime.Store(self.engine.engine)
-        store.set_limits(memory_size=self.memory_limit)
+        store.set_limits(**self.engine.store_limits(self.memory_limit))
         if self.engine.fuel:
             store.set_fuel(self.fuel if self.fuel is not None else _UNLIMITED_FUEL)
         store.set_epoch_deadline(self._init_ticks)

@@ -16,6 +16,7 @@ Host functions run on the filter thread, inside the wasm call.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -75,6 +76,17 @@ class TokenBucket:
 _LEVELS = {0: LogLevel.debug, 1: LogLevel.info, 2: LogLevel.warn, 3: LogLevel.error}
 MAX_LOG_MESSAGE = 4096
 MAX_KEY = 1024
+"""Counter keys longer than this (in bytes) are stored as a digest."""
+
+
+def long_key(raw: bytes) -> str:
+    """
+    A fixed-length stand-in for a long counter key. Guests key counters on
+    whatever a request carries (a bearer token, a long header); refusing
+    those would fail every such request, and storing them whole would let
+    one client's headers size the counter store.
+    """
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 class HostEnv:
@@ -98,12 +110,16 @@ class HostEnv:
         self.prefix = plugin + ":"
 
     def key(self, base: int, size: int, ptr: int, length: int) -> str:
-        if length & 0xFFFFFFFF > MAX_KEY:
-            raise GuestFault("counter key longer than %d bytes" % MAX_KEY)
+        """
+        The store key for the guest's key bytes: namespaced, and for keys
+        over L{MAX_KEY} bytes a digest of them (see L{long_key}).
+        """
         try:
             raw = _raw.read(base, size, ptr, length)
         except IndexError as e:
             raise GuestFault(str(e)) from None
+        if len(raw) > MAX_KEY:
+            return self.prefix + long_key(raw)
         return self.prefix + raw.decode("utf-8", "surrogateescape")
 
     def _store(self) -> CounterStore:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Mapping, Optional, Sequence
+import threading
+from collections import Counter
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -23,10 +25,33 @@ from wasmgate.wasm.filter import PluginLoadError, WasmFilter
 log = Logger()
 
 
+class _TrackedFilter(WasmFilter):
+    """
+    A filter that tells its runtime once it is closed: a retired config
+    generation closes the filters it does not hand on, and the runtime must
+    then let go of them (and of their module) or every reload would leak.
+    """
+
+    def __init__(self, *, on_close: Callable[[WasmFilter], None], **kw: Any) -> None:
+        self._on_close: Optional[Callable[[WasmFilter], None]] = on_close
+        super().__init__(**kw)
+
+    def close(self) -> None:
+        super().close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(self)
+
+
 class WasmRuntime:
     """
     Owns the L{WasmEngine} and the counter store for the process; loads
     plugins (reusing unchanged ones across reloads) and builds chains.
+
+    It remembers what each live (unclosed) filter was built from, and the
+    engine's in-memory module cache is kept to the modules of those: a
+    closed filter is forgotten, and its module with it unless another live
+    filter (or a load in progress) uses the same bytes.
     """
 
     def __init__(
@@ -48,6 +73,10 @@ class WasmRuntime:
         )
         self.state = state if state is not None else make_counter_store(config, reactor=reactor)
         self._sources: dict[WasmFilter, tuple[str, PluginConfig]] = {}
+        # Digests being compiled or built right now (loads run in a thread,
+        # retired filters are closed on the reactor thread).
+        self._loading: Counter[str] = Counter()
+        self._sources_lock = threading.Lock()
         cache = config.filters.cache_dir
         self.source = PluginSource(
             reactor=reactor, cache_dir=os.path.join(cache, "plugins") if cache else None
@@ -95,13 +124,34 @@ class WasmRuntime:
     def _load(self, plugin: PluginConfig, previous: Optional[WasmFilter]) -> WasmFilter:
         data = self.source.fetch_blocking(plugin)
         digest = hashlib.sha256(data).hexdigest()
-        if previous is not None and self._sources.get(previous) == (digest, plugin):
-            return previous
+        with self._sources_lock:
+            if previous is not None and self._sources.get(previous) == (digest, plugin):
+                return previous
+            self._loading[digest] += 1
+        try:
+            wasm_filter = self._build(plugin, data)
+        except BaseException:
+            with self._sources_lock:
+                self._loading[digest] -= 1
+                self._release(digest)
+            raise
+        with self._sources_lock:
+            self._loading[digest] -= 1
+            self._sources[wasm_filter] = (digest, plugin)
+            self._release(digest)
+        log.info(
+            "plugin {name} loaded ({abi} ABI, sha256 {digest})",
+            name=plugin.name, abi=wasm_filter.abi_name, digest=digest[:12],
+        )
+        return wasm_filter
+
+    def _build(self, plugin: PluginConfig, data: bytes) -> WasmFilter:
         try:
             module = self.engine.compile(data)
         except Exception as e:  # wasmtime raises WasmtimeError for bad modules
             raise PluginLoadError(plugin.name, f"not a valid wasm module: {_first_line(e)}") from None
-        wasm_filter = WasmFilter(
+        return _TrackedFilter(
+            on_close=self._filter_closed,
             name=plugin.name,
             module=module,
             engine=self.engine,
@@ -114,17 +164,32 @@ class WasmRuntime:
             state=self.state,
             observer=self.observer,
         )
-        self._sources[wasm_filter] = (digest, plugin)
-        log.info(
-            "plugin {name} loaded ({abi} ABI, sha256 {digest})",
-            name=plugin.name, abi=wasm_filter.abi_name, digest=digest[:12],
-        )
-        return wasm_filter
+
+    def _filter_closed(self, wasm_filter: WasmFilter) -> None:
+        """A filter was closed: forget it, and its module if now unused."""
+        with self._sources_lock:
+            source = self._sources.pop(wasm_filter, None)
+            if source is not None:
+                self._release(source[0])
+
+    def _release(self, digest: str) -> None:
+        """Drop C{digest}'s module from the engine unless still in use (lock held)."""
+        if self._loading[digest] > 0:
+            return
+        self._loading.pop(digest, None)
+        if all(d != digest for d, _ in self._sources.values()):
+            self.engine.forget_digest(digest)
 
     def digest_of(self, wasm_filter: WasmFilter) -> Optional[str]:
-        """The sha256 of the bytes C{wasm_filter} was built from."""
-        source = self._sources.get(wasm_filter)
+        """The sha256 of the bytes C{wasm_filter} was built from (None once closed)."""
+        with self._sources_lock:
+            source = self._sources.get(wasm_filter)
         return source[0] if source is not None else None
+
+    def live_filters(self) -> list[WasmFilter]:
+        """The filters this runtime built that are not closed yet."""
+        with self._sources_lock:
+            return list(self._sources)
 
     def make_chain(
         self, filters: Sequence[WasmFilter], overrides: Mapping[str, Mapping[str, Any]]
