@@ -472,3 +472,53 @@ async def test_reloading_a_changed_plugin_keeps_memory_bounded(tmp_path, upstrea
             await _sleep(0.02)  # the old generation closes once drained
         assert set(runtime.live_filters()) == set(live)
         assert runtime.engine.cached_digests() == {runtime.digest_of(f) for f in live}
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, read off a kept-alive socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_drains_kept_alive_connections(upstream, start_gateway):
+    """
+    On stop, a kept-alive connection waiting for its next request is closed;
+    a request in flight, also one that started before a reload, finishes,
+    its response says Connection: close, and then its connection closes.
+    """
+    gw = start_gateway(gateway_yaml(upstream.url))
+    port = int(gw.url.rsplit(":", 1)[1])
+    idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+    busy = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        idle.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await threads.deferToThread(_read_response, idle)).startswith(b"HTTP/1.1 200")
+        busy.sendall(b"GET /slow?delay=0.6 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _sleep(0.1)
+        await gw.service.reload()  # the slow request runs on a retired generation now
+        stopping = gw.service.stopService()
+        assert await threads.deferToThread(idle.recv, 1024) == b""  # closed at once
+        answer = await threads.deferToThread(_read_until_closed, busy)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"4\r\nslow\r\n0\r\n\r\n")
+        assert b"\r\nConnection: close\r\n" in answer
+        await stopping
+        assert upstream.app.cancelled == 0
+    finally:
+        idle.close()
+        busy.close()

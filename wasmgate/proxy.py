@@ -85,6 +85,14 @@ class GatewayRequest(server.Request):
             self._read_timer.cancel()
         super().connectionLost(reason)
 
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.channel is not None and self.channel.site.draining:
+            # Shutting down: this connection ends with this response, and
+            # the client hears so instead of finding it closed under it.
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            self.channel.persistent = False
+        super().write(data)
+
     def _read_timed_out(self) -> None:
         if not self._rejected:
             self._refuse(408, b"Request Timeout", b"request not received in time\n")

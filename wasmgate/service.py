@@ -75,6 +75,7 @@ class GatewayService(service.MultiService):
         self._reloading: Optional[defer.Deferred[Any]] = None
         self._reload_lock = defer.DeferredLock()
         self.stopping = False
+        self._retired: set[Generation] = set()
         """True from the start of L{stopService}: /readyz fails while draining."""
         self.after_reload: list[Callable[[], None]] = []
         """Called (on the reactor thread) once a reload's old generation is closed."""
@@ -302,22 +303,28 @@ class GatewayService(service.MultiService):
         self.notifier.stopping()
         if self._plugin_watch.running:
             self._plugin_watch.stop()
-        # Stop accepting first, then let running requests finish.
+        # Stop accepting first, then let running requests finish: on this
+        # generation and on any a recent reload retired.
         for listener in self.listeners:
             yield listener.stopService()
+        self.site.drain()
         generation = self.generation
-        if generation.in_flight:
+        running = [generation, *self._retired]
+        in_flight = sum(g.in_flight for g in running)
+        if in_flight:
             log.info(
                 "draining {n} request(s), up to {timeout}s",
-                n=generation.in_flight,
+                n=in_flight,
                 timeout=self.config.server.shutdown_timeout,
             )
-            drained = generation.drained()
+            drained = defer.gatherResults([g.drained() for g in running])
             drained.addTimeout(self.config.server.shutdown_timeout, self.reactor)
             try:
                 yield drained
             except defer.TimeoutError:
-                log.warn("shutdown timeout: {n} request(s) cut off", n=generation.in_flight)
+                log.warn(
+                    "shutdown timeout: {n} request(s) cut off", n=sum(g.in_flight for g in running)
+                )
         yield generation.stop_health_checks()
         yield service.MultiService.stopService(self)
         if self.certificates is not None:
@@ -383,7 +390,9 @@ class GatewayService(service.MultiService):
         self.metrics.reloads.labels("ok").inc()
         self.metrics.config_generation.set(generation.number)
         log.info("config generation {n} is live", n=generation.number)
+        self._retired.add(old)
         retired = old.drained()
+        retired.addCallback(lambda _: self._retired.discard(old))
         retired.addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
         retired.addCallback(lambda _: [hook() for hook in self.after_reload])
         retired.addErrback(lambda f: log.failure("closing config generation {n}", f, n=old.number))

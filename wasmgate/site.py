@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.web import server
@@ -50,6 +51,29 @@ class GatewaySite(server.Site):
         self.read_timeout = read_timeout
         self.access_log = access_log
         self.observers = list(observers)
+        self.draining = False
+        self._channels: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is not None:
+            self._channels.add(protocol)
+        return protocol
+
+    def drain(self) -> None:
+        """
+        Shutting down: close kept-alive connections that wait for a request,
+        and make each response in progress the last on its connection.
+        """
+        self.draining = True
+        for protocol in list(self._channels):
+            channel = getattr(protocol, "_channel", protocol)  # the HTTP/1.1 channel
+            if channel.transport is None:
+                continue
+            if not channel.requests:
+                channel.loseConnection()
+            else:
+                channel.persistent = False
 
     def log(self, request: GatewayRequest) -> None:  # type: ignore[override]
         info = request.info
