@@ -92,8 +92,9 @@ def _wat_bytes(data: bytes) -> str:
     return "".join(chr(b) if 0x20 <= b < 0x7F and chr(b) not in '"\\' else "\\%02x" % b for b in data)
 
 
-def module(s: Strings, body: str) -> str:
-    return "(module\n%s%s%s\n%s\n)" % (IMPORTS, HELPERS, body, s.segments())
+def module(s: Strings, body: str, *, imports: str = "") -> str:
+    """A guest: the C{http_handler} imports (then C{imports}), L{HELPERS}, C{body}."""
+    return "(module\n%s%s%s%s\n%s\n)" % (IMPORTS, imports, HELPERS, body, s.segments())
 
 
 def hex_field(value: str) -> int:
@@ -313,6 +314,78 @@ STATEFUL = module(
     (call $report {_s("x-err")} (i64.extend_i32_u (local.get $err)))
     (call $report {_s("x-seen-status")} (i64.extend_i32_u (call $get_status_code))))
 """,
+)
+
+# -- buffering asked for per request; request body read without it --------------
+#
+#   x-enable: enable_features(3) in handle_request (x-features: the result);
+#             with buffer_response granted, handle_response wraps the body
+#   x-read:   read up to 4 bytes of the request body (x-read: eof_len,
+#             x-read-bytes: the bytes)
+#   x-write:  after that read, write the request body "new:" and read on
+
+_s = Strings()
+PER_REQUEST = module(
+    _s,
+    f"""
+  (global $features (mut i32) (i32.const 0))
+  (func $has (param $name i32) (param $len i32) (result i32)
+    (i64.ne (call $get_header_values (i32.const 0) (local.get $name) (local.get $len) (i32.const 0) (i32.const 0))
+            (i64.const 0)))
+  (func (export "handle_request") (result i64)
+    (local $r i64)
+    (global.set $features (i32.const 0))
+    (if (call $has {_s("x-enable")})
+      (then (global.set $features (call $enable_features (i32.const 3)))))
+    (call $report {_s("x-features")} (i64.extend_i32_u (global.get $features)))
+    (if (call $has {_s("x-read")})
+      (then
+        (local.set $r (call $read_body (i32.const 0) (i32.const 16384) (i32.const 4)))
+        (call $report {_s("x-read")} (local.get $r))
+        (call $add_header_value (i32.const 1) {_s("x-read-bytes")} (i32.const 16384) (i32.wrap_i64 (local.get $r)))
+        (if (call $has {_s("x-write")})
+          (then
+            (call $write_body (i32.const 0) {_s("new:")})
+            (drop (call $read_body (i32.const 0) (i32.const 16384) (i32.const 4)))))))
+    (i64.const 1))
+  (func (export "handle_response") (param $ctx i32) (param $err i32)
+    (local $pos i32) (local $r i64)
+    ;; as a careful guest does: touch the response only if buffering was granted
+    (if (i32.eqz (i32.and (global.get $features) (i32.const 2)))
+      (then (return)))
+    (local.set $pos (i32.const 16384))
+    (block $done
+      (loop $more
+        (local.set $r (call $read_body (i32.const 1) (local.get $pos) (i32.const 64)))
+        (local.set $pos (i32.add (local.get $pos) (i32.wrap_i64 (local.get $r))))
+        (br_if $done (i64.ne (i64.shr_u (local.get $r) (i64.const 32)) (i64.const 0)))
+        (br $more)))
+    (call $write_body (i32.const 1) {_s("<")})
+    (call $write_body (i32.const 1) (i32.const 16384) (i32.sub (local.get $pos) (i32.const 16384)))
+    (call $write_body (i32.const 1) {_s(">")}))
+""",
+)
+
+# -- buffering asked for at start-up by every instance but the first -------------
+#
+# (the wasmgate counter store tells instances apart). Answers itself with
+# x-start-features (what _start was told) and x-features (enable_features(0)
+# in handle_request).
+
+_s = Strings()
+LATE_START = module(
+    _s,
+    f"""
+  (global $start_features (mut i32) (i32.const 0))
+  (func (export "_start")
+    (if (i64.gt_s (call $counter_incr {_s("instances")} (i64.const 1) (i64.const 0)) (i64.const 1))
+      (then (global.set $start_features (call $enable_features (i32.const 3))))))
+  (func (export "handle_request") (result i64)
+    (call $report {_s("x-start-features")} (i64.extend_i32_u (global.get $start_features)))
+    (call $report {_s("x-features")} (i64.extend_i32_u (call $enable_features (i32.const 0))))
+    (i64.const 0))
+""",
+    imports='''  (import "wasmgate" "counter_incr" (func $counter_incr (param i32 i32 i64 i64) (result i64)))\n''',
 )
 
 # -- misbehaviour, chosen by the first letter of the method ----------------------

@@ -19,7 +19,7 @@ from twisted.python.threadpool import ThreadPool
 from tests import httpwasm_guests as h
 from tests import wasm_guests as g
 from tests.conftest import CountingPool
-from wasmgate.testing import load_wasm, make_request
+from wasmgate.testing import load_wasm, make_request, memory_store
 from wasmgate.wasm.chain import FilterChain
 from wasmgate.wasm.engine import WasmEngine
 from wasmgate.wasm.filter import FilterFailure, PluginLoadError, WasmFilter, select_abi
@@ -174,7 +174,11 @@ def test_read_response_body_with_buffer_response(engine: WasmEngine, pool: Count
 @pytest_twisted.inlineCallbacks
 def test_header_names_longer_than_buffer(engine: WasmEngine, pool: CountingPool):
     chain = FilterChain([make(engine, h.NAMES)], pool=pool, reactor=reactor)
-    req = request(path="/names", headers=[("x-multi", "first"), ("Accept", "*/*"), ("X-Multi", "second")])
+    # With a body, as the gateway passes one when the chain buffers bodies
+    # (without: test_features_enabled_per_request_only_if_bodies_buffered).
+    req = request(
+        path="/names", headers=[("x-multi", "first"), ("Accept", "*/*"), ("X-Multi", "second")], body=b""
+    )
     outcome, _ = yield chain.run_request(req)
     hdrs = outcome.headers
     names = b"x-multi\0accept\0"
@@ -190,6 +194,98 @@ def test_header_names_longer_than_buffer(engine: WasmEngine, pool: CountingPool)
     # Trailers (4) are not supported: only the two buffering features.
     assert h.hex_field(values(hdrs, "x-features")[0]) == 3
     assert h.hex_field(values(hdrs, "x-uri-len")[0]) == len("/names")
+
+
+@pytest_twisted.inlineCallbacks
+def test_features_enabled_per_request_only_if_bodies_buffered(engine: WasmEngine, pool: CountingPool):
+    """
+    enable_features in handle_request reports buffering only for a request
+    whose bodies the chain buffers: the guest that trusts the answer then
+    never reads a body that is not there.
+    """
+    f = make(engine, h.PER_REQUEST)
+    assert not f.include_body  # the guest asked for nothing at start-up
+    chain = FilterChain([f], pool=pool, reactor=reactor)
+    for body, features in [(None, 0), (b"sent", 3), (None, 0), (b"", 3)]:
+        req = request(headers={"x-enable": "1"}, body=body)
+        outcome, _ = yield chain.run_request(req)
+        assert h.hex_field(values(outcome.response_headers, "x-features")[0]) == features
+        upstream_body = None if body is None else b"up"
+        resp, decisions = yield chain.run_response(req, FilterResponse(200, [], upstream_body))
+        assert [d.outcome for d in decisions] == ["continue"]
+        assert (resp.status, resp.body) == (200, b"<up>" if features else None)
+    assert f.instance_count() == 1  # one instance: nothing carried over between requests
+
+    # include_body: true buffers every request's bodies.
+    f = make(engine, h.PER_REQUEST, "buffered", include_body=True)
+    chain = FilterChain([f], pool=pool, reactor=reactor)
+    req = request(headers={"x-enable": "1"})
+    outcome, _ = yield chain.run_request(req)
+    assert h.hex_field(values(outcome.response_headers, "x-features")[0]) == 3
+    resp, _ = yield chain.run_response(req, FilterResponse(200, [], b"up"))
+    assert resp.body == b"<up>"
+
+
+def test_start_up_features_only_if_bodies_buffered(engine: WasmEngine) -> None:
+    """
+    Only the first instance's start-up wish turns include_body on: a later
+    instance asking for buffering (when the first did not) is told no.
+    """
+    f = make(engine, h.LATE_START, state=memory_store())
+    try:
+        assert not f.include_body
+        outcome = f.run_request(request())  # a second instance: it asks in _start
+        assert isinstance(outcome, Answer)
+        assert h.hex_field(values(outcome.headers, "x-start-features")[0]) == 0
+        assert h.hex_field(values(outcome.headers, "x-features")[0]) == 0
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("include_body", [True, False])
+def test_read_request_body_without_buffer_request_consumes(engine: WasmEngine, include_body: bool) -> None:
+    """
+    With the body buffered for this request (the filter's include_body, or
+    the chain's), a read without buffer_request consumes what it read: the
+    next handler gets the rest. With buffer_request it gets the whole body.
+    """
+    f = make(engine, h.PER_REQUEST, include_body=include_body)
+    try:
+        req = request(method="POST", headers={"x-read": "1"}, body=b"hello world")
+        outcome = f.run_request(req)
+        assert isinstance(outcome, Continue)
+        assert outcome.request.body == b"o world"
+        assert h.hex_field(values(outcome.response_headers, "x-read")[0]) == 4
+        assert values(outcome.response_headers, "x-read-bytes") == ["hell"]
+        f.run_response(req, FilterResponse(200, [], b""))
+
+        req = request(method="POST", headers={"x-read": "1", "x-enable": "1"}, body=b"hello world")
+        outcome = f.run_request(req)
+        assert outcome.request.body == b"hello world"
+        assert values(outcome.response_headers, "x-read-bytes") == ["hell"]
+        f.run_response(req, FilterResponse(200, [], b""))
+
+        # A body the guest wrote is the next handler's, whatever it reads after.
+        req = request(method="POST", headers={"x-read": "1", "x-write": "1"}, body=b"hello world")
+        outcome = f.run_request(req)
+        assert outcome.request.body == b"new:"
+        f.run_response(req, FilterResponse(200, [], b""))
+    finally:
+        f.close()
+
+
+def test_absent_bodies_with_include_body_read_empty(engine: WasmEngine) -> None:
+    """include_body, but no request or response body given: empty, not a trap."""
+    f = make(engine, h.PER_REQUEST, include_body=True)
+    try:
+        req = request(headers={"x-read": "1", "x-enable": "1"})
+        outcome = f.run_request(req)
+        assert isinstance(outcome, Continue)
+        assert h.hex_field(values(outcome.response_headers, "x-read")[0]) == 1 << 32
+        assert outcome.request.body is None
+        assert f.run_response(req, FilterResponse(200, [], None)).body == b"<>"
+    finally:
+        f.close()
 
 
 @pytest_twisted.inlineCallbacks

@@ -30,10 +30,14 @@ plugins:
   - {{name: hw_rewrite, path: {_wasm(tmp_path, "hw", hw.REWRITE)}}}
   - {{name: hw_answer, path: {_wasm(tmp_path, "answer", hw.ANSWER)}}}
   - {{name: hw_body, path: {_wasm(tmp_path, "body", hw.RESPONSE_BODY)}}}
+  - {{name: hw_late, path: {_wasm(tmp_path, "late", hw.PER_REQUEST)}}}
+  - {{name: hw_late_body, path: {_wasm(tmp_path, "late", hw.PER_REQUEST)}, include_body: true}}
 routes:
   - {{name: mixed, match: {{path_prefix: /mixed}}, filters: [json_rewrite, hw_rewrite], upstream: backend}}
   - {{name: answer, match: {{path_prefix: /answer}}, filters: [hw_answer], upstream: backend}}
   - {{name: body, match: {{path_prefix: /body}}, filters: [hw_body], upstream: backend}}
+  - {{name: late, match: {{path_prefix: /late/}}, filters: [hw_late], upstream: backend}}
+  - {{name: late_body, match: {{path_prefix: /late-body/}}, filters: [hw_late_body], upstream: backend}}
 upstreams:
   backend: {{targets: ["{upstream_url}"]}}
 """
@@ -88,3 +92,39 @@ async def test_guest_rewrites_the_buffered_response(tmp_path, upstream, start_ga
         await response.content()
     hw_body = gw.service.generation.filters["hw_body"]
     assert hw_body.pinned_count() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_buffering_asked_for_in_handle_request(tmp_path, upstream, start_gateway, http):
+    gw = start_gateway(_config(tmp_path, upstream.url))
+    # Nothing on the route buffers bodies: the guest is told so (it used to
+    # be told yes, read the response body, trap: a 502) and leaves it alone.
+    response = await http.get(gw.url + "/late/x", headers={"x-enable": "1"})
+    body = await response.content()
+    assert response.code == 200
+    assert hw.hex_field(response.headers.getRawHeaders("x-features")[0]) == 0
+    assert json.loads(body)["uri"] == "/late/x"
+    # With include_body: true both buffering features are granted.
+    response = await http.get(gw.url + "/late-body/x", headers={"x-enable": "1"})
+    body = await response.content()
+    assert response.code == 200
+    assert hw.hex_field(response.headers.getRawHeaders("x-features")[0]) == 3
+    assert body.startswith(b"<") and body.endswith(b">")
+    assert json.loads(body[1:-1])["uri"] == "/late-body/x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_body_read_without_buffer_request(tmp_path, upstream, start_gateway, http):
+    gw = start_gateway(_config(tmp_path, upstream.url))
+    # Read without buffer_request: consumed, the upstream gets the rest.
+    response = await http.post(gw.url + "/late-body/x", data=b"hello world", headers={"x-read": "1"})
+    echo = json.loads(await response.content())
+    assert response.code == 200
+    assert response.headers.getRawHeaders("x-read-bytes") == ["hell"]
+    assert echo["body"] == "o world"
+    # With buffer_request the upstream gets the whole body.
+    response = await http.post(
+        gw.url + "/late-body/x", data=b"hello world", headers={"x-read": "1", "x-enable": "1"}
+    )
+    body = await response.content()
+    assert json.loads(body[1:-1])["body"] == "hello world"

@@ -27,18 +27,44 @@ next handler, the response status, headers and body can be changed, and its
 body read, only with C{feature_buffer_response}; the request body can be read
 there only with C{feature_buffer_request}.
 
-Bodies: wasmgate hands filters whole buffered bodies only when the plugin
-has C{include_body: true}. A guest that enables C{buffer_request} or
-C{buffer_response} while it initialises turns C{include_body} on for its
-filter (so the chain buffers bodies). Reading a body that was not buffered
-traps with a message saying so. Reading the request body never consumes it
-(the upstream still gets it unless the guest writes a new one).
+Bodies: wasmgate hands filters whole buffered bodies only when the route's
+chain buffers them, which it does when one of its filters has
+C{include_body: true} (L{FilterRequest.body} is then bytes, never None). A
+guest that enables C{buffer_request} or C{buffer_response} while its first
+instance initialises turns C{include_body} on for its filter, so every
+chain with it buffers bodies.
+
+C{enable_features} enables, and reports, only what this host can honour at
+that moment; the answer depends on nothing but the filter and the request:
+
+  - at start-up: both buffering features for the filter's first instance
+    (they turn C{include_body} on, before any chain is built) or when the
+    filter has C{include_body}; otherwise neither (a chain built earlier
+    would not buffer bodies for a later instance's wish).
+  - during a request, in either phase: both buffering features if this
+    request's bodies are buffered (the filter has C{include_body}, or the
+    request came with a body); otherwise neither, and the result is the
+    features enabled so far (a guest that checks it can do without).
+
+A read of the request body in C{handle_request} while C{buffer_request} is
+off consumes what it read, as the specification says: unless the guest
+writes a new body, the next handler gets only the unread rest. Reads made
+with C{buffer_request} on consume nothing. When the request's bodies are
+not buffered at all the host has no body to read: C{read_body} traps with a
+message saying so. A filter with C{include_body} whose request or response
+came without a body reads an empty one.
+
+Logging: C{log_enabled(level)} is 1 exactly for the levels C{log} passes
+to the plugin's log (info, warn, error): wasmgate has no per-plugin log
+level, and the host drops debug (-1), none (3) and unknown levels alike.
 
 Left out, on purpose: trailers (feature 4 stays off, trailer getters return
 nothing and setters trap, as the specification requires of such a host);
 per-route C{route_config} (a guest reads its config once, at start-up);
 the source port (C{get_source_addr} reports port 0: the gateway passes
-filters the client's IP only); debug logging (C{log_enabled(-1)} is 0).
+filters the client's IP only); debug logging (C{log_enabled(-1)} is 0); the
+client's protocol version (C{get_protocol_version} is C{HTTP/1.1} for every
+request: L{FilterRequest} does not carry the version the client spoke).
 """
 from __future__ import annotations
 
@@ -97,12 +123,14 @@ class _Exchange:
         "req_src",
         "req_read",
         "req_written",
+        "req_tail",
+        "bodies",
         "resp_src",
         "resp_read",
         "resp_written",
     )
 
-    def __init__(self, req: FilterRequest, features: int) -> None:
+    def __init__(self, req: FilterRequest, features: int, bodies: bool) -> None:
         self.phase = _REQUEST
         self.req = req
         # In the request phase: the response the guest may write itself.
@@ -115,6 +143,11 @@ class _Exchange:
         self.req_src: Optional[bytes] = None
         self.req_read = 0
         self.req_written = False
+        # Whether req.body is what is left of req_src (a read that
+        # consumes trims it; a write_body makes it a body of its own).
+        self.req_tail = False
+        self.bodies = bodies
+        """Whether this request's bodies are buffered (features 1, 2 honoured)."""
         self.resp_src: Optional[bytes] = None
         self.resp_read = 0
         self.resp_written = False
@@ -217,7 +250,8 @@ class HttpWasmAbi:
     ) -> Union[Answer, Continue]:
         st = ctx.abi_state
         cur: _Current = st["cur"]
-        ex = cur.ex = _Exchange(req, cur.features)
+        bodies = self.filter.include_body or req.body is not None
+        ex = cur.ex = _Exchange(req, cur.features, bodies)
         try:
             packed = st["request"]() & _U64
         except BaseException:
@@ -309,12 +343,15 @@ class HttpWasmAbi:
     # the instance's L{_Current}. Raising traps the guest.
 
     def _enable_features(self, cur: _Current, base: int, size: int, features: int) -> int:
+        # Only what the host can honour now: see the module docstring.
         want = features & SUPPORTED_FEATURES
         ex = cur.ex
         if ex is None:
-            cur.features |= want
+            if self.init_features is None or self.filter.include_body:
+                cur.features |= want
             return cur.features
-        ex.features |= want
+        if ex.bodies:
+            ex.features |= want
         return ex.features
 
     def _get_config(self, cur: _Current, base: int, size: int, buf: int, limit: int) -> int:
@@ -422,19 +459,24 @@ class HttpWasmAbi:
             raise GuestFault("read_body with buf_limit 0")
         if kind == BODY_REQUEST:
             _after_next_needs(ex, FEATURE_BUFFER_REQUEST, "read the request body")
-            body = ex.req_src if ex.req_src is not None else ex.req.body
+            body = ex.req_src
             if body is None:
-                raise GuestFault(
-                    "the request body was not buffered for this plugin: set include_body: true "
-                    "in its config, or enable feature buffer_request when the guest starts"
-                )
-            ex.req_src = body
+                body = ex.req.body
+                if body is None:
+                    if not self.filter.include_body:
+                        raise GuestFault(
+                            "the request body was not buffered for this plugin: set include_body: true "
+                            "in its config, or enable feature buffer_request when the guest starts"
+                        )
+                    body = b""
+                ex.req_src = body
+                ex.req_tail = True
             start = ex.req_read
         elif kind == BODY_RESPONSE:
             _after_next_needs(ex, FEATURE_BUFFER_RESPONSE, "read the response body")
             body = ex.resp_src if ex.resp_src is not None else ex.resp.body
             if body is None:
-                if ex.phase == _REQUEST:
+                if ex.phase == _REQUEST or self.filter.include_body:
                     body = b""
                 else:
                     raise GuestFault(
@@ -451,6 +493,10 @@ class HttpWasmAbi:
         end = start + len(chunk)
         if kind == BODY_REQUEST:
             ex.req_read = end
+            if chunk and ex.req_tail and ex.phase == _REQUEST and not ex.features & FEATURE_BUFFER_REQUEST:
+                # Read without buffer_request: consumed, the next handler
+                # gets only the rest.
+                ex.req.body = body[end:]
         else:
             ex.resp_read = end
         return (_EOF if end >= len(body) else 0) | len(chunk)
@@ -463,6 +509,7 @@ class HttpWasmAbi:
             req = ex.req
             req.body = (req.body or b"") + data if ex.req_written else data
             ex.req_written = True
+            ex.req_tail = False
         elif kind == BODY_RESPONSE:
             _after_next_needs(ex, FEATURE_BUFFER_RESPONSE, "write the response body")
             resp = ex.resp
