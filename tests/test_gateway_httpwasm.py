@@ -5,9 +5,11 @@ alone and in a chain with a JSON-ABI filter.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest_twisted
+from twisted.internet import threads
 import wasmtime
 
 from tests import httpwasm_guests as hw
@@ -59,7 +61,13 @@ async def test_mixed_chain_through_the_gateway(tmp_path, upstream, start_gateway
     assert echo["headers"]["x-replace"] == ["new"]
     assert "x-remove-me" not in echo["headers"]
     assert echo["headers"]["x-proto"] == ["HTTP/1.1"]
-    assert echo["headers"]["x-source"][0].startswith("127.0.0.1:")
+    source_ip, source_port = echo["headers"]["x-source"][0].rsplit(":", 1)
+    assert source_ip == "127.0.0.1" and int(source_port) > 0  # the client's own port
+    # An HTTP/1.0 client is seen as one.
+    answer = await threads.deferToThread(
+        _http10_get, int(gw.url.rsplit(":", 1)[1]), "/mixed/x"
+    )
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["headers"]["x-proto"] == ["HTTP/1.0"]
     # Response side: headers from both phases of the guest and the JSON filter.
     assert response.headers.getRawHeaders("x-early") == ["e1", "e2"]
     assert response.headers.getRawHeaders("x-late") == ["l1", "l2"]
@@ -128,3 +136,14 @@ async def test_request_body_read_without_buffer_request(tmp_path, upstream, star
     )
     body = await response.content()
     assert json.loads(body[1:-1])["body"] == "hello world"
+
+
+def _http10_get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.0\r\nHost: x\r\n\r\n")
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)

@@ -263,6 +263,8 @@ class _Exchange:
             body=body,
             route=route.config.name,
             scheme=scheme,
+            protocol=(request.clientproto or b"HTTP/1.1").decode("latin-1"),
+            source_port=getattr(peer, "port", 0) if client_ip == peer_ip else 0,
         )
 
     def _filtered(self, result: tuple[Any, list[FilterDecision]]) -> None:

@@ -61,10 +61,9 @@ level, and the host drops debug (-1), none (3) and unknown levels alike.
 Left out, on purpose: trailers (feature 4 stays off, trailer getters return
 nothing and setters trap, as the specification requires of such a host);
 per-route C{route_config} (a guest reads its config once, at start-up);
-the source port (C{get_source_addr} reports port 0: the gateway passes
-filters the client's IP only); debug logging (C{log_enabled(-1)} is 0); the
-client's protocol version (C{get_protocol_version} is C{HTTP/1.1} for every
-request: L{FilterRequest} does not carry the version the client spoke).
+debug logging (C{log_enabled(-1)} is 0). C{get_source_addr} reports the
+client's port only when the client is the peer itself: behind a trusted
+proxy the address comes from X-Forwarded-For and the port is 0.
 """
 from __future__ import annotations
 
@@ -93,7 +92,6 @@ SUPPORTED_FEATURES = FEATURE_BUFFER_REQUEST | FEATURE_BUFFER_RESPONSE
 HEADER_REQUEST, HEADER_RESPONSE, TRAILER_REQUEST, TRAILER_RESPONSE = 0, 1, 2, 3
 BODY_REQUEST, BODY_RESPONSE = 0, 1
 
-PROTOCOL_VERSION = b"HTTP/1.1"
 
 _LOG_LEVELS = {0: LogLevel.info, 1: LogLevel.warn, 2: LogLevel.error}
 
@@ -401,12 +399,13 @@ class HttpWasmAbi:
         ex.req.query = query
 
     def _get_protocol_version(self, cur: _Current, base: int, size: int, buf: int, limit: int) -> int:
-        _need(cur)
-        return _put(base, size, buf, limit, PROTOCOL_VERSION)
+        protocol = _need(cur).req.protocol or "HTTP/1.1"
+        return _put(base, size, buf, limit, protocol.encode("latin-1"))
 
     def _get_source_addr(self, cur: _Current, base: int, size: int, buf: int, limit: int) -> int:
-        ip = _need(cur).req.client_ip
-        addr = ("[%s]:0" % (ip,)) if ":" in ip else ("%s:0" % (ip,))
+        req = _need(cur).req
+        ip, port = req.client_ip, req.source_port
+        addr = ("[%s]:%d" % (ip, port)) if ":" in ip else ("%s:%d" % (ip, port))
         return _put(base, size, buf, limit, addr.encode("latin-1"))
 
     def _get_header_names(self, cur: _Current, base: int, size: int, kind: int, buf: int, limit: int) -> int:

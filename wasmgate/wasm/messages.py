@@ -28,6 +28,10 @@ class FilterRequest:
     body: Optional[bytes] = None
     route: str = ""
     scheme: str = "http"
+    protocol: str = "HTTP/1.1"
+    """The HTTP version the client spoke."""
+    source_port: int = 0
+    """The client's port, when C{client_ip} is the peer's (0 behind a proxy)."""
 
 
 @dataclass
