@@ -411,6 +411,39 @@ async def test_slow_client_gets_408(upstream, start_gateway):
     assert upstream.app.connections == 0
 
 
+def _slow_upload(port: int, chunks: int, gap: float, then_stop: bool) -> bytes:
+    """POST a chunked body a piece every C{gap} seconds (then maybe stall)."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        for _ in range(chunks):
+            time.sleep(gap)
+            sock.sendall(b"5\r\nhello\r\n")
+        if not then_stop:
+            sock.sendall(b"0\r\n\r\n")
+        chunks_in = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return b"".join(chunks_in)
+            chunks_in.append(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_read_timeout_is_a_gap_in_the_body_not_its_whole_length(upstream, start_gateway):
+    """
+    An upload that takes longer than the read timeout but keeps coming gets
+    through; one that stops for longer than it gets a 408.
+    """
+    gw = start_gateway(gateway_yaml(upstream.url, server="  timeouts: {read: 400ms}"))
+    answer = await threads.deferToThread(_slow_upload, _port(gw.url), 8, 0.1, False)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["body"] == "hello" * 8
+    answer = await threads.deferToThread(_slow_upload, _port(gw.url), 2, 0.1, True)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+
+
 def _never_read(port: int, size: int, wait: float) -> tuple[int, bool]:
     """GET a large body, read none of it for C{wait}, then drain what is left."""
     import time

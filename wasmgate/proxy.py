@@ -102,11 +102,19 @@ class GatewayRequest(server.Request):
             self.content = io.BytesIO()
             self._reject_too_large()
             return
+        # Headers are in: from now on the timeout is a gap in the body, so
+        # a large upload on a slow link is fine as long as it keeps coming.
+        self._body_arriving()
         super().gotLength(length)
+
+    def _body_arriving(self) -> None:
+        if self._read_timer.active():
+            self._read_timer.reset(self.channel.site.read_timeout)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._rejected:
             return
+        self._body_arriving()
         self._received += len(data)
         if self._received > self.channel.site.max_body_bytes:
             self._reject_too_large()
