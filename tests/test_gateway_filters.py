@@ -324,3 +324,26 @@ async def test_output_the_wire_cannot_carry_is_a_500(tmp_path, upstream, start_g
     scrape = (await _get(http, gw.admin_url + "/metrics"))[1].decode()
     assert 'wasmgate_plugin_errors_total{kind="bad_output",plugin="euro"} 1.0' in scrape
     assert 'wasmgate_plugin_errors_total{kind="bad_output",plugin="accent"} 1.0' in scrape
+
+
+@pytest_twisted.ensureDeferred
+async def test_routes_redacting_response_bodies_ask_for_them_uncompressed(tmp_path, upstream, start_gateway, http):
+    """
+    A route whose filters read response bodies does not pass Accept-Encoding
+    upstream (a gzipped body would go past the redactor); other routes do.
+    """
+    plugins = f"""
+  - name: pii_redactor
+    path: {PLUGINS / "pii_redactor.wasm"}
+    include_body: true
+    config: {{emails: true}}
+"""
+    routes = """
+  - {name: redacted, match: {path_prefix: /redacted}, filters: [pii_redactor], upstream: backend}
+  - {name: plain, match: {path_prefix: /plain}, upstream: backend}
+"""
+    gw = start_gateway(_config(upstream.url, plugins, routes))
+    _, body = await _get(http, gw.url + "/redacted/echo", headers={"Accept-Encoding": "gzip"})
+    assert "accept-encoding" not in json.loads(body)["headers"]
+    _, body = await _get(http, gw.url + "/plain/echo", headers={"Accept-Encoding": "gzip"})
+    assert "gzip" in json.loads(body)["headers"]["accept-encoding"]

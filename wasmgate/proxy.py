@@ -37,6 +37,18 @@ _REQUEST_DROP = (b"content-length", b"x-forwarded-proto", b"x-forwarded-host")
 _RESPONSE_DROP = (b"content-length",)
 
 
+def _request_drop(route: "RouteRuntime") -> tuple[bytes, ...]:
+    """
+    Request headers not passed upstream. Where filters read response
+    bodies, Accept-Encoding is not passed either: the upstream then answers
+    uncompressed, and a redactor sees text, not gzip it cannot read.
+    """
+    chain = route.chain
+    if chain is not None and chain.wants_body and chain.has_response_filters:
+        return _REQUEST_DROP + (b"accept-encoding",)
+    return _REQUEST_DROP
+
+
 class ExchangeInfo:
     """What the access log and metrics want to know about one request."""
 
@@ -245,7 +257,7 @@ class _Exchange:
         scheme = "https" if request.isSecure() else "http"
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
-            for name, values in end_to_end(request.requestHeaders, drop=_REQUEST_DROP)
+            for name, values in end_to_end(request.requestHeaders, drop=_request_drop(route))
             if name != b"x-forwarded-for"
             for value in values
         ]
