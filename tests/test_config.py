@@ -190,3 +190,27 @@ def test_empty_file_says_what_is_missing(tmp_path):
     found = problems(tmp_path, "")
     assert "routes: expected a non-empty list of routes" in found
     assert any(f.startswith("upstreams: ") for f in found)
+
+
+def test_plugins_from_urls_get_a_cache_by_default(tmp_path, monkeypatch):
+    """
+    A plugin fetched from a URL must still load after a restart without the
+    network: with no filters.cache_dir, one is chosen (systemd's
+    CacheDirectory first, then the XDG cache); local plugins need none.
+    """
+    from wasmgate.config import default_cache_dir
+
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    remote = GOOD + "plugins:\n  - {name: p, path: 'https://plugins.example.com/p.wasm'}\n"
+    path = tmp_path / "remote.yaml"
+    path.write_text(remote)
+    assert load_config(str(path)).filters.cache_dir == str(tmp_path / "xdg" / "wasmgate")
+    monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/wasmgate:/other")
+    assert load_config(str(path)).filters.cache_dir == "/var/cache/wasmgate"
+    path.write_text(remote + "filters: {cache_dir: mine}\n")
+    assert load_config(str(path)).filters.cache_dir == str(tmp_path / "mine")
+    local = tmp_path / "local.yaml"
+    local.write_text(GOOD)
+    assert load_config(str(local)).filters.cache_dir is None
+    assert default_cache_dir({"HOME": "/home/u"}).endswith("/.cache/wasmgate")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -211,6 +211,10 @@ def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
     _cross_checks(reader, server, plugins, state)
     if reader.problems:
         raise ConfigError(source, reader.problems)
+    if filters.cache_dir is None and any("://" in p.path for p in plugins):
+        # Plugins fetched from a URL must survive a restart without the
+        # network: they get a cache even when none was configured.
+        filters = replace(filters, cache_dir=default_cache_dir())
     return GatewayConfig(
         source=os.path.abspath(source),
         server=server,
@@ -222,6 +226,19 @@ def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
         upstreams=upstreams,
         access_log=access_log,
     )
+
+
+def default_cache_dir(environ: Mapping[str, str] = os.environ) -> str:
+    """
+    Where fetched plugins and compiled modules go when C{filters.cache_dir}
+    is not set: systemd's C{CacheDirectory=} (C{$CACHE_DIRECTORY}), else
+    C{$XDG_CACHE_HOME/wasmgate}, else C{~/.cache/wasmgate}.
+    """
+    systemd = environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return systemd
+    xdg = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "wasmgate")
 
 
 def _access_log(base: str) -> Any:
