@@ -598,3 +598,32 @@ async def test_least_requests_counts_a_response_until_its_body_is_done(start_ups
     assert idle.app.connections == 1 and busy.app.connections == 1  # no new one to the busy target
     busy.app.release()
     await streaming.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_connections_per_target_caps_requests_in_flight(start_upstream, start_gateway, http):
+    """
+    A target with max_connections_per_target requests in flight gets no
+    more: they go to another target, and with every target full the
+    gateway answers 503 at once instead of piling up connections.
+    """
+    a, b = start_upstream("a"), start_upstream("b")
+    text = gateway_yaml([a.url, b.url]).replace(
+        f"targets: {json.dumps([a.url, b.url])}",
+        f"targets: {json.dumps([a.url, b.url])}\n    max_connections_per_target: 1",
+    )
+    gw = start_gateway(text)
+    first = http.get(gw.url + "/slow?delay=0.5")
+    second = http.get(gw.url + "/slow?delay=0.5")
+    await task.deferLater(reactor, 0.2, lambda: None)
+    assert (a.app.connections, b.app.connections) == (1, 1)  # one each
+    response = await http.get(gw.url + "/echo")
+    assert response.code == 503
+    assert response.headers.getRawHeaders("retry-after") == ["1"]
+    assert await response.content() == b"upstream busy\n"
+    for pending in (first, second):
+        response = await pending
+        assert (response.code, await response.content()) == (200, b"slow")
+    response = await http.get(gw.url + "/echo")  # free again
+    assert response.code == 200
+    await response.content()

@@ -137,7 +137,8 @@ class UpstreamConfig:
     health_check: Optional[HealthCheckConfig] = None
     ca_file: Optional[str] = None
     insecure_skip_verify: bool = False
-    max_connections_per_target: int = 64
+    max_connections_per_target: Optional[int] = None
+    """Requests in flight per target; None: no cap (as nginx's max_conns=0)."""
     eject_after_failures: int = 5
     eject_for: float = 10.0
     retry_methods: tuple[str, ...] = ("GET", "HEAD", "OPTIONS")
@@ -614,7 +615,7 @@ def _upstreams(
             ca_file=ca_file,
             insecure_skip_verify=reader.get(data, where, "insecure_skip_verify", s.boolean, False),
             max_connections_per_target=reader.get(
-                data, where, "max_connections_per_target", s.integer(1, 10_000), 64
+                data, where, "max_connections_per_target", s.integer(1, 100_000), None
             ),
             eject_after_failures=reader.get(
                 data, where, "eject_after_failures", s.integer(minimum=1), 5

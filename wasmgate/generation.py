@@ -125,7 +125,8 @@ def build_generation(
     """
     pool = make_pool(
         reactor,
-        max_per_host=max((u.max_connections_per_target for u in config.upstreams.values()), default=64),
+        # Idle kept-alive connections per target; a capped upstream needs no more.
+        max_per_host=max((u.max_connections_per_target or 64 for u in config.upstreams.values()), default=64),
         idle_timeout=config.server.timeouts.idle,
     )
     upstreams = make_upstreams(

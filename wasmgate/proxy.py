@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from wasmgate._headers import end_to_end, forwarded_for, forwarded_scheme_and_host
 from wasmgate.routing import BadPath, normalize_path
-from wasmgate.upstream import NoTargetAvailable, Target
+from wasmgate.upstream import NoTargetAvailable, Target, UpstreamBusy
 from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
 
 if TYPE_CHECKING:
@@ -307,6 +307,10 @@ class _Exchange:
         assert self.route is not None and self.freq is not None
         try:
             candidates = self.route.upstream.candidates(self.freq.client_ip)
+        except UpstreamBusy:
+            self.info.error = "every target is at max_connections_per_target"
+            self.answer(503, b"upstream busy\n", [("retry-after", "1")])
+            return
         except NoTargetAvailable:
             self.answer(503, b"no healthy upstream\n")
             return

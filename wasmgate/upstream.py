@@ -89,6 +89,10 @@ class NoTargetAvailable(Exception):
     """Every target of an upstream is unhealthy."""
 
 
+class UpstreamBusy(NoTargetAvailable):
+    """Every usable target already has C{max_connections_per_target} requests."""
+
+
 class Upstream:
     """
     A named group of targets behind one load-balancing policy.
@@ -137,6 +141,11 @@ class Upstream:
             usable = [t for t in self.targets if t.healthy]
         if not usable:
             raise NoTargetAvailable(self.name)
+        cap = self.config.max_connections_per_target
+        if cap is not None:
+            usable = [t for t in usable if t.active < cap]  # one connection per request
+            if not usable:
+                raise UpstreamBusy(self.name)
         ordered = list(self._pick(client_ip))
         ordered = [t for t in ordered if t in usable]
         return sorted(ordered, key=lambda t: t.recently_failed(now))
