@@ -540,3 +540,25 @@ def test_later_failure_releases_with_error(engine: WasmEngine, pool: CountingPoo
     assert (outcome.status, [d.outcome for d in decisions]) == (502, ["continue", "failed:trap"])
     assert ("warn", "failed-later") in messages(events)
     assert hw.pinned_count() == broken.pinned_count() == 0
+
+
+def test_max_instances_bounds_requests_in_flight(engine: WasmEngine) -> None:
+    """
+    Each request between its two phases holds an instance: past
+    max_instances a request fails as "busy" (503 in a chain) instead of
+    growing memory without bound, and a finished request frees its slot.
+    """
+    from wasmgate.wasm.chain import failure_status
+
+    f = make(engine, h.REWRITE, max_instances=2)
+    held = [make_request(path="/a"), make_request(path="/b")]
+    for req in held:
+        f.run_request(req)
+    assert f.pinned_count() == 2
+    with pytest.raises(FilterFailure) as e:
+        f.run_request(make_request(path="/c"))
+    assert e.value.kind == "busy" and "max_instances" in e.value.message
+    assert failure_status("busy", "closed") == failure_status("busy", "open") == 503
+    f.run_response(held[0], FilterResponse(200, [], b""))
+    f.run_request(make_request(path="/c"))  # the slot is free again
+    f.close()

@@ -105,6 +105,8 @@ class PluginConfig:
     fuel: Optional[int] = None
     reload_interval: Optional[float] = None
     include_body: bool = False
+    max_instances: int = 256
+    """http-wasm guests hold an instance per request in flight: at most this many."""
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -424,6 +426,7 @@ _PLUGIN_KEYS = (
     "fuel",
     "reload_interval",
     "include_body",
+    "max_instances",
     "config",
 )
 
@@ -485,6 +488,7 @@ def _plugins(reader: s.Reader, raw: Any, base: str) -> list[PluginConfig]:
                     data, where, "reload_interval", s.duration(minimum=0.1), None
                 ),
                 include_body=reader.get(data, where, "include_body", s.boolean, False),
+                max_instances=reader.get(data, where, "max_instances", s.integer(1, 100_000), 256),
                 config=reader.get(data, where, "config", s.any_mapping, {}),
             )
         )

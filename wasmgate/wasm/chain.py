@@ -43,13 +43,15 @@ from wasmgate.wasm.messages import (
 )
 
 _TEXT = [("content-type", "text/plain; charset=utf-8")]
-_BODIES = {500: b"Internal Server Error\n", 502: b"Bad Gateway\n"}
+_BODIES = {500: b"Internal Server Error\n", 502: b"Bad Gateway\n", 503: b"Service Unavailable\n"}
 
 
 def failure_status(kind: str, policy: str) -> Optional[int]:
     """The status a failure answers with, or C{None} to skip the filter."""
     if kind == "bad_output":
         return 500
+    if kind == "busy":
+        return 503  # overload: neither the guest's fault nor a reason to skip it
     if policy == "open":
         return None
     return 502

@@ -38,7 +38,7 @@ from wasmgate.wasm.hostfuncs import GuestFault, HostEnv, HostFunc, TokenBucket, 
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
 from wasmgate.wasm.wasi import wasi_functions
 
-FAILURE_KINDS = ("trap", "timeout", "oom", "bad_output", "state", "load")
+FAILURE_KINDS = ("trap", "timeout", "oom", "bad_output", "state", "load", "busy")
 
 _UNLIMITED_FUEL = 1 << 62
 
@@ -261,11 +261,13 @@ class WasmFilter:
         fuel: Optional[int] = None,
         config: Optional[dict] = None,
         include_body: bool = False,
+        max_instances: int = 256,
         state: Optional[CounterStore] = None,
         log: Optional[Logger] = None,
         observer: Optional[FilterObserver] = None,
     ) -> None:
         self.name = name
+        self.max_instances = max_instances
         self.module = module
         self.engine = engine
         self.timeout_ms = timeout_ms
@@ -542,6 +544,13 @@ class WasmFilter:
                     return ctx
         if self._closed:
             raise FilterFailure(self.name, "load", "filter is closed")
+        with self._registry_lock:
+            if len(self._registry) >= self.max_instances:
+                # Each request in flight holds one: memory stays bounded
+                # (max_instances x memory_limit_mb) under a flood.
+                raise FilterFailure(
+                    self.name, "busy", "all %d instances are in use (max_instances)" % (self.max_instances,)
+                )
         try:
             ctx = self._build()
         except PluginLoadError as e:

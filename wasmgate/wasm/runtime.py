@@ -161,6 +161,7 @@ class WasmRuntime:
             fuel=plugin.fuel,
             config=dict(plugin.config),
             include_body=plugin.include_body,
+            max_instances=plugin.max_instances,
             state=self.state,
             observer=self.observer,
         )
