@@ -239,7 +239,9 @@ async def test_sigterm_drains_in_flight_requests(tmp_path, upstream):
         slow = threads.deferToThread(_blocking_get, port, "/slow?delay=1.5")
         await _sleep(0.5)
         process.send_signal(signal.SIGTERM)
-        await _sleep(0.3)
+        await _sleep(0.1)
+        process.send_signal(signal.SIGTERM)  # a second one changes nothing
+        await _sleep(0.2)
         # No new connections meanwhile.
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
@@ -249,6 +251,7 @@ async def test_sigterm_drains_in_flight_requests(tmp_path, upstream):
         output = process.stdout.read().decode()
         assert code == 0, output
         assert "draining 1 request(s)" in output
+        assert "SIGTERM: already shutting down" in output and "Traceback" not in output
     finally:
         if process.poll() is None:
             process.kill()

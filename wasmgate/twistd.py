@@ -31,6 +31,7 @@ class _Signals(service.Service):
     def __init__(self, gateway: GatewayService, reactor: Any) -> None:
         self.gateway = gateway
         self.reactor = reactor
+        self._shutting_down = False
 
     def startService(self) -> None:
         super().startService()
@@ -48,6 +49,12 @@ class _Signals(service.Service):
         self.reactor.callFromThread(self._shutdown, signal.Signals(signum).name)
 
     def _shutdown(self, name: str) -> None:
+        if self._shutting_down:
+            # A second signal (systemd, or a shell's "kill 0") while the
+            # drain runs: the first one is already being acted on.
+            log.info("{signal}: already shutting down", signal=name)
+            return
+        self._shutting_down = True
         log.info("{signal}: shutting down gracefully", signal=name)
         if self.reactor.running:
             self.reactor.stop()
