@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 import wasmtime
 from twisted.internet import defer, reactor, task, threads
@@ -525,3 +526,24 @@ async def test_shutdown_drains_kept_alive_connections(upstream, start_gateway):
     finally:
         idle.close()
         busy.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_filter_threads_are_batch_scheduled(tmp_path, upstream, start_gateway, http):
+    """
+    Filter threads run as SCHED_BATCH on Linux, so waking one with a job
+    does not preempt the reactor thread (see wasmgate.filterpool).
+    """
+    if not hasattr(os, "SCHED_BATCH"):
+        pytest.skip("no SCHED_BATCH here")
+    plugin = _wasm(tmp_path, "pass", guests.PASS_THROUGH)
+    text = gateway_yaml(upstream.url).replace(
+        "routes:\n", f"plugins:\n  - {{name: pass, path: {plugin}}}\nroutes:\n", 1
+    ).replace("upstream: backend", "upstream: backend\n    filters: [pass]", 1)
+    gw = start_gateway(text)
+    response, _ = await _get(http, gw.url + "/echo")
+    assert response.code == 200
+    threads_ = list(gw.service.filter_pool.threads)
+    assert threads_
+    assert {os.sched_getscheduler(t.native_id) for t in threads_} == {os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the reactor's thread is not

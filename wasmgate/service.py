@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 from wasmgate.accesslog import FileSink, log_sink
 from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_config
+from wasmgate.filterpool import FilterThreadPool
 from wasmgate.generation import Generation, build_generation
 from wasmgate.metrics import GatewayMetrics
 from wasmgate.systemd import Notifier
@@ -63,7 +64,7 @@ class GatewayService(service.MultiService):
         self.reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier(environ={})
         self.config = config
-        self.filter_pool = ThreadPool(
+        self.filter_pool = FilterThreadPool(
             minthreads=0, maxthreads=config.filters.threads, name="wasmgate-filters"
         )
         self.cooperator = task.Cooperator(scheduler=lambda x: reactor.callLater(0, x))
