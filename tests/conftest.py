@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import textwrap
 from typing import Any, Callable, Iterator
 
@@ -158,3 +159,19 @@ def tmp_cwd(tmp_path: Any) -> Iterator[Any]:
     os.chdir(tmp_path)
     yield tmp_path
     os.chdir(old)
+
+
+def read_until_closed(sock: "socket.socket", *, ignore_errors: bool = False) -> bytes:
+    """Everything C{sock} receives until the peer closes (or, with
+    C{ignore_errors}, until an error such as a reset)."""
+    chunks = []
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    except OSError:
+        if not ignore_errors:
+            raise
+    return b"".join(chunks)

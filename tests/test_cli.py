@@ -172,14 +172,8 @@ def test_plugin_inspect():
     assert "handle_response" in result.stdout
 
 
-def test_check_validates_the_tls_section(tmp_path):
-    from tests.certs import issue, make_ca, write_pair
-
-    ca = make_ca()
-    write_pair(issue(ca, ["a.example.com"]), tmp_path / "a.pem", tmp_path / "a.key")
-    other = issue(ca, ["b.example.com"])
-    write_pair(issue(ca, ["b.example.com"]), tmp_path / "b.pem", tmp_path / "unused.key")
-    (tmp_path / "b.key").write_bytes(other.key_pem)  # a key that is not b.pem's
+def _two_certificates_config(tmp_path):
+    """A gateway.yaml serving a.pem/a.key and b.pem/b.key over TLS."""
     path = tmp_path / "gateway.yaml"
     path.write_text(
         "server:\n  listen: tcp:8443\n  tls:\n    certificates:\n"
@@ -188,6 +182,18 @@ def test_check_validates_the_tls_section(tmp_path):
         "routes: [{match: {path_prefix: /}, upstream: u}]\n"
         "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
     )
+    return path
+
+
+def test_check_validates_the_tls_section(tmp_path):
+    from tests.certs import issue, make_ca, write_pair
+
+    ca = make_ca()
+    write_pair(issue(ca, ["a.example.com"]), tmp_path / "a.pem", tmp_path / "a.key")
+    other = issue(ca, ["b.example.com"])
+    write_pair(issue(ca, ["b.example.com"]), tmp_path / "b.pem", tmp_path / "unused.key")
+    (tmp_path / "b.key").write_bytes(other.key_pem)  # a key that is not b.pem's
+    path = _two_certificates_config(tmp_path)
     check = run(WASMGATE, "check", "-c", str(path))
     assert check.returncode == 1
     [line] = [l for l in check.stderr.splitlines() if "b.key" in l or "b.pem" in l]
@@ -216,14 +222,7 @@ def test_check_warns_about_an_expired_certificate(tmp_path):
         tmp_path / "b.pem",
         tmp_path / "b.key",
     )
-    path = tmp_path / "gateway.yaml"
-    path.write_text(
-        "server:\n  listen: tcp:8443\n  tls:\n    certificates:\n"
-        "      - {hosts: [a.example.com], cert: a.pem, key: a.key}\n"
-        "      - {hosts: [b.example.com], cert: b.pem, key: b.key}\n"
-        "routes: [{match: {path_prefix: /}, upstream: u}]\n"
-        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
-    )
+    path = _two_certificates_config(tmp_path)
     check = run(WASMGATE, "check", "-c", str(path))
     assert check.returncode == 0, check.stderr
     assert f"{path}: ok" in check.stdout

@@ -13,6 +13,7 @@ from twisted.internet import threads
 import wasmtime
 
 from tests import httpwasm_guests as hw
+from tests.conftest import read_until_closed
 from tests import wasm_guests as guests
 
 
@@ -141,9 +142,4 @@ async def test_request_body_read_without_buffer_request(tmp_path, upstream, star
 def _http10_get(port: int, path: str) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET " + path.encode() + b" HTTP/1.0\r\nHost: x\r\n\r\n")
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
+        return read_until_closed(sock)

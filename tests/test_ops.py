@@ -19,7 +19,7 @@ import wasmtime
 from twisted.internet import defer, reactor, task, threads
 
 from tests import wasm_guests as guests
-from tests.conftest import gateway_yaml
+from tests.conftest import gateway_yaml, read_until_closed
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -490,15 +490,6 @@ def _read_response(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def _read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
 @pytest_twisted.ensureDeferred
 async def test_shutdown_drains_kept_alive_connections(upstream, start_gateway):
     """
@@ -518,7 +509,7 @@ async def test_shutdown_drains_kept_alive_connections(upstream, start_gateway):
         await gw.service.reload()  # the slow request runs on a retired generation now
         stopping = gw.service.stopService()
         assert await threads.deferToThread(idle.recv, 1024) == b""  # closed at once
-        answer = await threads.deferToThread(_read_until_closed, busy)
+        answer = await threads.deferToThread(read_until_closed, busy)
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"4\r\nslow\r\n0\r\n\r\n")
         assert b"\r\nConnection: close\r\n" in answer
         await stopping

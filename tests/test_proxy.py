@@ -13,7 +13,7 @@ import treq
 from twisted.internet import defer, reactor, threads, task
 from twisted.internet.protocol import Factory, Protocol
 
-from tests.conftest import gateway_yaml
+from tests.conftest import gateway_yaml, read_until_closed
 
 
 async def _json(response):
@@ -163,16 +163,7 @@ def _raw_exchange(port: int, request: bytes, *, then: bytes = b"") -> bytes:
                 sock.sendall(then)
         except OSError:
             pass
-        chunks = []
-        try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        except OSError:
-            pass
-        return b"".join(chunks)
+        return read_until_closed(sock, ignore_errors=True)
 
 
 def _dead_url() -> str:
@@ -422,12 +413,7 @@ def _slow_upload(port: int, chunks: int, gap: float, then_stop: bool) -> bytes:
             sock.sendall(b"5\r\nhello\r\n")
         if not then_stop:
             sock.sendall(b"0\r\n\r\n")
-        chunks_in = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return b"".join(chunks_in)
-            chunks_in.append(data)
+        return read_until_closed(sock)
 
 
 @pytest_twisted.ensureDeferred
