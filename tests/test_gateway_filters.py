@@ -347,3 +347,25 @@ async def test_routes_redacting_response_bodies_ask_for_them_uncompressed(tmp_pa
     assert "accept-encoding" not in json.loads(body)["headers"]
     _, body = await _get(http, gw.url + "/plain/echo", headers={"Accept-Encoding": "gzip"})
     assert "gzip" in json.loads(body)["headers"]["accept-encoding"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_body_for_response_filters_is_a_504(tmp_path, upstream, start_gateway, http):
+    """
+    While the gateway buffers a response body for response filters, an
+    upstream that stops sending gets the route's timeout, then a 504.
+    """
+    plugins = f"""
+  - name: pii_redactor
+    path: {PLUGINS / "pii_redactor.wasm"}
+    include_body: true
+    config: {{emails: true}}
+"""
+    routes = """
+  - {name: r, match: {path_prefix: /}, filters: [pii_redactor], upstream: backend, timeout: 300ms}
+"""
+    gw = start_gateway(_config(upstream.url, plugins, routes))
+    started = time.monotonic()
+    response, body = await _get(http, gw.url + "/stream?size=200000&hold=1")
+    assert (response.code, body) == (504, b"upstream timed out\n")
+    assert 0.25 < time.monotonic() - started < 5

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import TimeoutMixin
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -424,11 +425,10 @@ class _Exchange:
         response.deliverBody(_BodyRelay(self))
         return None
 
-    def _body_idle_timer(self, on_idle: Callable[[], None]) -> "_IdleTimer":
-        """A timer for an upstream body that stops arriving mid-way."""
+    def _body_timeout(self) -> float:
+        """How long an upstream body may send nothing before it is given up."""
         assert self.route is not None
-        timeout = self.route.config.timeout or self.generation.config.server.timeouts.upstream
-        return _IdleTimer(self.reactor, timeout, on_idle)
+        return self.route.config.timeout or self.generation.config.server.timeouts.upstream
 
     def _upstream_stalled(self) -> None:
         self.info.error = "upstream sent nothing more of its body for the upstream timeout"
@@ -460,9 +460,7 @@ class _Exchange:
         hop_by_hop = _RESPONSE_DROP + _connection_named(response)
         if chain.wants_body:
             collected: defer.Deferred[Optional[bytes]] = defer.Deferred()
-            response.deliverBody(
-                _Collect(collected, limit, idle=self._body_idle_timer, on_stall=self._upstream_stalled)
-            )
+            response.deliverBody(_Collect(collected, limit, exchange=self))
         else:
             collected = defer.succeed(None)
 
@@ -612,21 +610,23 @@ def _connection_named(response: IResponse) -> tuple[bytes, ...]:
     )
 
 
-class _BodyRelay(Protocol):
-    """Streams an upstream body to the client, pausing one for the other."""
+class _BodyRelay(Protocol, TimeoutMixin):
+    """
+    Streams an upstream body to the client, pausing one for the other; an
+    upstream that sends nothing for the route's timeout is given up on.
+    """
 
     def __init__(self, exchange: _Exchange) -> None:
         self.exchange = exchange
         self.producer: Optional[_Backpressure] = None
-        self.idle: Optional[_IdleTimer] = None
+        self.callLater = exchange.reactor.callLater  # TimeoutMixin's clock
 
     def connectionMade(self) -> None:
         exchange = self.exchange
         if exchange.done:
             self.transport.stopProducing()
             return
-        self.idle = exchange._body_idle_timer(self._idle)
-        self.idle.touch()
+        self.setTimeout(exchange._body_timeout())
         self.producer = producer = _Backpressure(
             self.transport,
             clock=exchange.reactor,
@@ -645,25 +645,22 @@ class _BodyRelay(Protocol):
         if transport is not None:
             transport.abortConnection()
 
-    def _idle(self) -> None:
+    def timeoutConnection(self) -> None:
         if self.producer is not None and self.producer.paused:
-            assert self.idle is not None
-            self.idle.touch()  # the client is slow, not the upstream
+            self.setTimeout(self.timeOut)  # the client is slow, not the upstream
             return
         self.exchange._upstream_stalled()
         self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.idle is not None:
-            self.idle.touch()
+        self.resetTimeout()
         if not self.exchange.done:
             self.exchange.request.write(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
         exchange = self.exchange
         exchange.body_transport = None
-        if self.idle is not None:
-            self.idle.cancel()
+        self.setTimeout(None)
         if self.producer is not None:
             self.producer.cancel_stall_timer()
         if exchange.done:
@@ -738,58 +735,31 @@ class _BodyStalled(Exception):
     pass
 
 
-class _IdleTimer:
-    """Calls C{on_idle} once nothing has touched it for C{timeout} seconds."""
+class _Collect(Protocol, TimeoutMixin):
+    """
+    Buffers a body for response filters, up to a limit; an upstream that
+    sends nothing for the route's timeout fails it with L{_BodyStalled}.
+    """
 
-    def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
-        self._clock = clock
-        self._timeout = timeout
-        self._on_idle = on_idle
-        self._call: Any = None
-
-    def touch(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.reset(self._timeout)
-        else:
-            self._call = self._clock.callLater(self._timeout, self._on_idle)
-
-    def cancel(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-
-class _Collect(Protocol):
-    """Buffers a body for response filters, up to a limit."""
-
-    def __init__(
-        self,
-        done: defer.Deferred[Optional[bytes]],
-        limit: int,
-        *,
-        idle: Optional[Callable[[Callable[[], None]], _IdleTimer]] = None,
-        on_stall: Callable[[], None] = lambda: None,
-    ) -> None:
+    def __init__(self, done: defer.Deferred[Optional[bytes]], limit: int, *, exchange: _Exchange) -> None:
         self.done = done
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
-        self._on_stall = on_stall
+        self.exchange = exchange
         self.stalled = False
-        self.idle = idle(self._stalled) if idle is not None else None
+        self.callLater = exchange.reactor.callLater  # TimeoutMixin's clock
 
     def connectionMade(self) -> None:
-        if self.idle is not None:
-            self.idle.touch()
+        self.setTimeout(self.exchange._body_timeout())
 
-    def _stalled(self) -> None:
+    def timeoutConnection(self) -> None:
         self.stalled = True
-        self._on_stall()
+        self.exchange._upstream_stalled()
         self.transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.idle is not None:
-            self.idle.touch()
+        self.resetTimeout()
         self.size += len(data)
         if self.size > self.limit:
             self.transport.stopProducing()
@@ -797,8 +767,7 @@ class _Collect(Protocol):
         self.parts.append(data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
+        self.setTimeout(None)
         if self.stalled:
             self.done.errback(_BodyStalled())
         elif self.size > self.limit:

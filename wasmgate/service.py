@@ -76,8 +76,9 @@ class GatewayService(service.MultiService):
         self._reloading: Optional[defer.Deferred[Any]] = None
         self._reload_lock = defer.DeferredLock()
         self.stopping = False
-        self._retired: set[Generation] = set()
         """True from the start of L{stopService}: /readyz fails while draining."""
+        self._retired: set[Generation] = set()
+        """Generations a reload replaced whose requests have not all finished."""
         self.after_reload: list[Callable[[], None]] = []
         """Called (on the reactor thread) once a reload's old generation is closed."""
         self.fatal_error: Optional[str] = None
@@ -399,7 +400,6 @@ class GatewayService(service.MultiService):
         retired.addErrback(lambda f: log.failure("closing config generation {n}", f, n=old.number))
         return generation.number
 
-
     # -- process-wide settings a reload changes --
 
     def _prepare_settings(self, config: GatewayConfig) -> "_NewSettings":
@@ -457,7 +457,6 @@ class _NewSettings:
     """What L{GatewayService._prepare_settings} opened for a reload."""
 
     def __init__(self) -> None:
-        self._tls_metrics_instance: Optional[TLSMetrics] = None
         self.certificates: Optional[CertificateStore] = None
         self.access_file: Optional[FileSink] = None
 
