@@ -58,8 +58,9 @@ def normalize_path(raw: str) -> str:
             out.pop()
         elif segment not in (".", ""):
             out.append(segment)
-    trailing = segments[-1] in ("", ".", "..") and len(segments) > 2 or (path == "/")
-    return "/" + "/".join(out) + ("/" if trailing and out else "")
+    # "/a/", "/a/." and "/a/b/.." name a directory: keep its trailing slash.
+    trailing = bool(out) and segments[-1] in ("", ".", "..")
+    return "/" + "/".join(out) + ("/" if trailing else "")
 
 
 def _prefix_matches(prefix: str, path: str) -> bool:
