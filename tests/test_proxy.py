@@ -613,3 +613,23 @@ async def test_max_connections_per_target_caps_requests_in_flight(start_upstream
     response = await http.get(gw.url + "/echo")  # free again
     assert response.code == 200
     await response.content()
+
+
+@pytest.mark.parametrize(
+    "raw, normal",
+    [
+        ("/", "/"),
+        ("/a/", "/a/"),
+        ("/a/.", "/a/"),
+        ("/a/b/..", "/a/"),
+        ("/a/..", "/"),
+        ("//", "/"),
+        ("/a//b", "/a/b"),
+        ("/%7euser/%41%2a", "/~user/A%2A"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+    ],
+)
+def test_normalize_path(raw: str, normal: str) -> None:
+    from wasmgate.routing import normalize_path
+
+    assert normalize_path(raw) == normal
