@@ -73,6 +73,21 @@ def test_bounded_evicts_expired_first_then_oldest() -> None:
     assert s.get("flood99") == 1
 
 
+def test_full_store_keeps_headroom_after_a_scan() -> None:
+    """
+    A full store whose scan frees only a key or two still evicts down to
+    90%, so the next inserts do not each scan every key again.
+    """
+    clock = Clock()
+    s = MemoryCounterStore(max_keys=100, clock=clock)
+    for i in range(100):
+        s.incr("k%d" % i, 1, 1000 + 10 * i)  # one expires every 10 ms
+    clock.now += 1.005  # only k0 has expired
+    s.incr("new", 1, 0)
+    assert len(s) == 91  # 90 kept (the newest), and the new key
+    assert s.get("k99") == 1 and s.get("k5") == 0 and s.get("new") == 1
+
+
 def test_saturates_at_int64() -> None:
     s = MemoryCounterStore()
     s.incr("big", (1 << 63) - 1, 0)

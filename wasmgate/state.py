@@ -108,9 +108,8 @@ class MemoryCounterStore:
         expired = [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]
         for k in expired:
             del self._data[k]
-        if len(self._data) < self.max_keys:
-            return
-        # Evict down to 90% so a full store does not rescan on every insert.
+        # Down to 90% whatever expired: a scan that freed only a key or two
+        # would otherwise be repeated on nearly every insert.
         target = self.max_keys - max(1, self.max_keys // 10)
         while len(self._data) > target:
             self._data.popitem(last=False)
