@@ -287,7 +287,11 @@ async def test_sd_notify_ready_reloading_stopping(tmp_path, upstream):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) == 0
         process.send_signal(signal.SIGHUP)
-        assert (await threads.deferToThread(listener.recv, 4096)).decode() == "RELOADING=1"
+        reloading = (await threads.deferToThread(listener.recv, 4096)).decode().split("\n")
+        assert reloading[0] == "RELOADING=1"
+        # For Type=notify-reload: the time of this reload, on CLOCK_MONOTONIC.
+        assert reloading[1].startswith("MONOTONIC_USEC=")
+        assert abs(int(reloading[1].split("=")[1]) - time.monotonic_ns() // 1000) < 30_000_000
         assert (await threads.deferToThread(listener.recv, 4096)).decode().startswith("READY=1")
         process.send_signal(signal.SIGTERM)
         assert (await threads.deferToThread(listener.recv, 4096)).decode() == "STOPPING=1"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Mapping, Optional
 
 from twisted.logger import Logger
@@ -42,7 +43,10 @@ class Notifier:
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def reloading(self) -> None:
-        self.notify("RELOADING=1")
+        # MONOTONIC_USEC lets a Type=notify-reload unit (systemd 253+) tell
+        # this reload from an earlier one: "systemctl reload" then waits
+        # until READY=1 says the new config is live.
+        self.notify("RELOADING=1", "MONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000,))
 
     def stopping(self) -> None:
         self.notify("STOPPING=1")
