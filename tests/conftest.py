@@ -25,6 +25,16 @@ from wasmgate.service import GatewayService
 from wasmgate.wasm.engine import WasmEngine
 
 
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Gateways with plugins from URLs cache them in the default cache
+    directory: a test's own, never the user's (twistd subprocesses inherit it).
+    """
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 class CountingPool(ThreadPool):
     """A real thread pool that counts how many jobs it was given."""
 

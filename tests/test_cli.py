@@ -366,3 +366,76 @@ def test_plugin_inspect_without_config_still_fails_a_broken_module(tmp_path):
         assert "refused an empty config" not in result.stdout
         [problem] = result.stdout.split("  loads: NO\n")[1].splitlines()
         assert problem.startswith("    - ") and reason in problem, result.stdout
+
+
+_NOT_SOURCE_AT_TOP = {".git", "bench", "plugins", "tests", "build", "dist", ".ruff_cache", ".benchmarks"}
+_NOT_SOURCE = ("*.egg-info", "__pycache__", "dropin.cache", ".pytest_cache")
+
+
+def _not_source(directory: str, names: list[str]) -> set[str]:
+    """What a copy of the checkout to build from leaves out."""
+    import shutil
+
+    ignored = set(shutil.ignore_patterns(*_NOT_SOURCE)(directory, names))
+    if Path(directory) == ROOT:
+        ignored |= _NOT_SOURCE_AT_TOP & set(names)
+    return ignored
+
+_FIND_FROM_WHEEL = """
+import json, os, sys
+checkout, installed = (os.path.realpath(p) for p in sys.argv[1:3])
+# Only the unpacked wheel: not the editable checkout, not the current directory.
+sys.path[:] = [installed] + [p for p in sys.path if p and os.path.realpath(p) != checkout]
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+import twisted, twisted.plugins
+makers = {m.tapname: m for m in getPlugins(IServiceMaker, twisted.plugins)}
+maker = makers["wasmgate"]
+options = maker.options()
+options.parseOptions(["-c", "mine.yaml"])
+import wasmgate, twisted.plugins.wasmgate_plugin as plugin
+from wasmgate.twistd import make_twistd_service
+print(json.dumps({"twisted": twisted.__file__, "plugin": plugin.__file__,
+                  "wasmgate": wasmgate.__file__, "config": options["config"]}))
+"""
+
+
+def test_twistd_plugin_ships_in_the_wheel(tmp_path):
+    """
+    A wheel of the project carries the twistd plugin as a bare module in
+    Twisted's C{twisted.plugins} namespace (no C{__init__.py} that would
+    shadow Twisted's own), and Twisted's plugin discovery finds it there,
+    with the checkout out of the way.
+    """
+    import shutil
+    import zipfile
+
+    source = tmp_path / "src"  # build a copy: setuptools writes build/ and egg-info beside it
+    shutil.copytree(ROOT, source, ignore=_not_source)
+    # setuptools and wheel (a test extra) are installed: build offline.
+    command = [
+        sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation",
+        "-q", "-w", str(tmp_path / "dist"),
+    ]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=source, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = (tmp_path / "dist").glob("wasmgate-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/wasmgate_plugin.py" in names
+    assert "twisted/__init__.py" not in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert not [n for n in names if n.startswith("twisted/") and n != "twisted/plugins/wasmgate_plugin.py"]
+    assert "wasmgate/__init__.py" in names and "wasmgate/wasm/_raw.py" in names
+
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(installed)
+    found = subprocess.run(
+        [sys.executable, "-c", _FIND_FROM_WHEEL, str(ROOT), str(installed)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+    )
+    assert found.returncode == 0, found.stderr
+    where = json.loads(found.stdout)
+    assert where["plugin"].startswith(str(installed)), where
+    assert where["wasmgate"].startswith(str(installed)), where
+    assert not where["twisted"].startswith(str(installed)), where  # Twisted's own package
+    assert where["config"] == "mine.yaml"

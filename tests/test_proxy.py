@@ -12,8 +12,10 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, reactor, threads, task
 from twisted.internet.protocol import Factory, Protocol
+from twisted.web import server
 
 from tests.conftest import gateway_yaml, read_until_closed
+from tests.upstream_app import UpstreamApp
 
 
 async def _json(response):
@@ -633,3 +635,154 @@ def test_normalize_path(raw: str, normal: str) -> None:
     from wasmgate.routing import normalize_path
 
     assert normalize_path(raw) == normal
+
+
+def _timed_exchange(port: int, request: bytes) -> tuple[bytes, float]:
+    """L{_raw_exchange} that also says how long the answer took."""
+    started = time.monotonic()
+    answer = _raw_exchange(port, request)
+    return answer, time.monotonic() - started
+
+
+def _split(answer: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """Status line, headers (last value wins, lower-case names) and body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def _assert_plain_502(answer: bytes, waited: float) -> None:
+    status, headers, body = _split(answer)
+    assert status.startswith(b"HTTP/1.1 502 "), answer[:200]
+    assert headers[b"content-type"].startswith(b"text/plain"), headers
+    assert b"Traceback" not in body and b"Error" not in body, body
+    assert 0 < len(body) < 200, body
+    assert waited < 3, waited
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_that_resets_the_connection_is_502(upstream, start_gateway, http):
+    """
+    An upstream that resets (RST) the connection instead of answering gives
+    the client a prompt 502 with a short plain body, for a GET and a POST.
+    """
+    gw = start_gateway(gateway_yaml(upstream.url))
+    for request in (
+        b"GET /reset HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"POST /reset HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody",
+    ):
+        answer, waited = await threads.deferToThread(_timed_exchange, _port(gw.url), request)
+        _assert_plain_502(answer, waited)
+    assert upstream.app.connections >= 2  # the requests did reach it
+    # The gateway is none the worse for it.
+    response = await http.get(gw.url + "/echo")
+    assert response.code == 200
+    await response.content()
+
+
+class _ResetsMidHeaders(Protocol):
+    """Starts an answer, then resets the connection before the headers end."""
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/ht")
+            self.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_reset_in_the_middle_of_its_headers_is_502(start_gateway):
+    port = reactor.listenTCP(0, Factory.forProtocol(_ResetsMidHeaders), interface="127.0.0.1")
+    try:
+        gw = start_gateway(gateway_yaml(f"http://127.0.0.1:{port.getHost().port}"))
+        answer, waited = await threads.deferToThread(
+            _timed_exchange,
+            _port(gw.url),
+            b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        _assert_plain_502(answer, waited)
+    finally:
+        await port.stopListening()
+
+
+def _with_retry_methods(text: str, methods: str) -> str:
+    return text.replace("    targets:", f"    retry_methods: {methods}\n    targets:", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_post_in_retry_methods_is_retried_on_another_target(start_upstream, start_gateway, http):
+    """
+    With POST in the upstream's retry_methods, a POST whose first target
+    refuses the connection goes to the next target once, its body intact;
+    a method left out (PUT) is still not retried.
+    """
+    a = start_upstream("a")
+    gw = start_gateway(_with_retry_methods(gateway_yaml([_dead_url(), a.url]), "[GET, POST]"))
+    body = b"form=1&bytes=\x00\xff\r\n" + b"z" * 100_000
+    for _ in range(4):  # round robin: the dead target comes first at least once
+        response = await http.post(gw.url + "/echo", data=body)
+        assert response.code == 200
+        echo = await _json(response)
+        assert echo["method"] == "POST"
+        assert echo["body"].encode("latin-1") == body
+    assert a.app.connections >= 1
+    # A fresh gateway, the dead target first again: PUT is not retried.
+    gw = start_gateway(
+        _with_retry_methods(gateway_yaml([_dead_url(), a.url]), "[GET, POST]"), name="put.yaml"
+    )
+    response = await http.put(gw.url + "/echo", data=b"once")
+    await response.content()
+    assert response.code == 502
+
+
+@pytest_twisted.ensureDeferred
+async def test_form_post_passes_byte_for_byte_unparsed(start_gateway, http):
+    """
+    Form bodies are the upstream's business: the gateway passes them on as
+    they came and never parses them (a malformed multipart body is not a 400
+    from the gateway).
+    """
+    # An upstream that does not parse forms either (twisted.web's default
+    # would answer the malformed multipart body with a 400 itself).
+    site = server.Site(UpstreamApp(reactor), parsePOSTFormSubmission=False)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    try:
+        await _form_posts(start_gateway, http, f"http://127.0.0.1:{port.getHost().port}")
+    finally:
+        await port.stopListening()
+
+
+async def _form_posts(start_gateway, http, upstream_url: str) -> None:
+    gw = start_gateway(gateway_yaml(upstream_url))
+    parsed = []
+    gw.service.site.observers.append(lambda request, duration: parsed.append(dict(request.args)))
+    form = b"a=1&b=2"
+    many = b"&".join(b"f%d=%%2B%d+x%%26" % (i, i) for i in range(20_000)) + b"&a=1&a=2&=&&b"
+    for body in (form, many):
+        response = await http.post(
+            gw.url + "/echo",
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.code == 200
+        echo = await _json(response)
+        assert echo["body"].encode("latin-1") == body
+        assert echo["headers"]["content-type"] == ["application/x-www-form-urlencoded"]
+        assert echo["headers"]["content-length"] == [str(len(body))]
+    broken = b"--nope\r\nnot really multipart"
+    response = await http.post(
+        gw.url + "/echo",
+        data=broken,
+        headers={"Content-Type": "multipart/form-data; boundary=elsewhere"},
+    )
+    assert response.code == 200
+    assert (await _json(response))["body"].encode("latin-1") == broken
+    assert parsed == [{}, {}, {}]

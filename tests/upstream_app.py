@@ -171,6 +171,16 @@ class _Status(resource.Resource):
         return b"status %d" % code
 
 
+class _Reset(resource.Resource):
+    """Resets the connection (RST) instead of answering: a crashed upstream."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> int:
+        request.transport.abortConnection()
+        return server.NOT_DONE_YET
+
+
 class UpstreamApp(resource.Resource):
     def __init__(self, clock: Any = default_reactor, name: str = "upstream") -> None:
         super().__init__()
@@ -188,6 +198,7 @@ class UpstreamApp(resource.Resource):
         self.putChild(b"slow", _Slow(self))
         self.putChild(b"status", _Status())
         self.putChild(b"health", _Status())
+        self.putChild(b"reset", _Reset())
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         return _Echo()
