@@ -328,7 +328,7 @@ class _Exchange:
             headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
         uri = freq.path + ("?" + freq.query if freq.query else "")
         url = (target.url + uri).encode("latin-1")
-        timeout = self.route.config.timeout or self.generation.config.server.timeouts.upstream
+        timeout = self._upstream_timeout()
         target.active += 1  # until the exchange is over (least_requests)
         self._release_target()
         self._holding = target
@@ -425,8 +425,11 @@ class _Exchange:
         response.deliverBody(_BodyRelay(self))
         return None
 
-    def _body_timeout(self) -> float:
-        """How long an upstream body may send nothing before it is given up."""
+    def _upstream_timeout(self) -> float:
+        """
+        The route's upstream timeout: for the response headers to come, and
+        then for each gap in the response body.
+        """
         assert self.route is not None
         return self.route.config.timeout or self.generation.config.server.timeouts.upstream
 
@@ -626,7 +629,7 @@ class _BodyRelay(Protocol, TimeoutMixin):
         if exchange.done:
             self.transport.stopProducing()
             return
-        self.setTimeout(exchange._body_timeout())
+        self.setTimeout(exchange._upstream_timeout())
         self.producer = producer = _Backpressure(
             self.transport,
             clock=exchange.reactor,
@@ -751,7 +754,7 @@ class _Collect(Protocol, TimeoutMixin):
         self.callLater = exchange.reactor.callLater  # TimeoutMixin's clock
 
     def connectionMade(self) -> None:
-        self.setTimeout(self.exchange._body_timeout())
+        self.setTimeout(self.exchange._upstream_timeout())
 
     def timeoutConnection(self) -> None:
         self.stalled = True
