@@ -13,13 +13,13 @@ from twisted.internet import reactor, task
 from twisted.logger import Logger, formatEvent
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
-from twisted.web.client import Agent
+from twisted.web.client import Agent, HTTPConnectionPool
 
 
 from tests.upstream_app import CountingSite, UpstreamApp
 from wasmgate.config import HealthCheckConfig, UpstreamConfig
 from wasmgate.health import HealthChecker, start_health_checks, stop_health_checks
-from wasmgate.upstream import Upstream, make_pool
+from wasmgate.upstream import Upstream
 
 
 class _Health(resource.Resource):
@@ -101,6 +101,13 @@ async def _until(predicate: Callable[[], bool], *, within: float, step: float = 
             raise AssertionError(f"not true within {within}s")
         await task.deferLater(reactor, step)
     return time.monotonic() - start
+
+
+def make_pool(reactor: Any, *, max_per_host: int) -> HTTPConnectionPool:
+    """A keep-alive pool for the checks' own agent."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_per_host
+    return pool
 
 
 def _upstream(urls: list[str], check: HealthCheckConfig, pool: Any) -> Upstream:

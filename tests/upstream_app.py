@@ -187,6 +187,8 @@ class UpstreamApp(resource.Resource):
         self.clock = clock
         self.name = name
         self.connections = 0
+        self.requests = 0
+        """Whole requests received (headers and body)."""
         self.cancelled = 0
         self.release: Any = None
         self.stream_finished = False
@@ -210,6 +212,10 @@ class CountingSite(server.Site):
     def __init__(self, app: UpstreamApp) -> None:
         super().__init__(app)
         self.app = app
+
+    def getResourceFor(self, request: server.Request) -> resource.Resource:
+        self.app.requests += 1
+        return super().getResourceFor(request)
 
     def buildProtocol(self, addr: Any) -> Any:
         self.app.connections += 1

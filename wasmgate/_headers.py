@@ -1,13 +1,17 @@
 # -*- test-case-name: tests.test_proxy -*-
 """
 Header rules of a proxy: what is hop-by-hop, and the X-Forwarded-* set.
+
+Headers are lists of C{(name, value)} byte pairs with lower-case names,
+in their order, as the wire protocols deliver them.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
-from twisted.web.http_headers import Headers
+Header = tuple[bytes, bytes]
 
 HOP_BY_HOP = frozenset(
     {
@@ -24,26 +28,44 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def end_to_end(headers: Headers, *, drop: Iterable[bytes] = ()) -> list[tuple[bytes, list[bytes]]]:
+def dropping(*names: bytes) -> frozenset[bytes]:
+    """The hop-by-hop names and C{names}: a C{drop} set for L{end_to_end}."""
+    return HOP_BY_HOP | frozenset(names)
+
+
+def connection_tokens(headers: Iterable[Header]) -> Optional[set[bytes]]:
+    """The names the Connection header lists (hop-by-hop too), or None."""
+    tokens: Optional[set[bytes]] = None
+    for name, value in headers:
+        if name == b"connection":
+            if tokens is None:
+                tokens = set()
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    return tokens
+
+
+def end_to_end(headers: Sequence[Header], drop: frozenset[bytes]) -> list[Header]:
     """
-    The headers of C{headers} a proxy may forward: without the hop-by-hop
-    ones, those the Connection header names, C{Proxy-*}, and C{drop}.
+    The headers a proxy may forward: without C{drop} (which holds the
+    hop-by-hop names, see L{dropping}), those the Connection header names,
+    and C{Proxy-*}.
     """
-    excluded = set(HOP_BY_HOP)
-    excluded.update(name.lower() for name in drop)
-    for value in headers.getRawHeaders(b"connection", ()):
-        excluded.update(token.strip().lower() for token in value.split(b","))
+    tokens = connection_tokens(headers)
+    if tokens is None:
+        return [h for h in headers if h[0] not in drop and not h[0].startswith(b"proxy-")]
     return [
-        (name, values)
-        for name, values in ((n.lower(), v) for n, v in headers.getAllRawHeaders())
-        if name not in excluded and not name.startswith(b"proxy-")
+        h for h in headers
+        if h[0] not in drop and h[0] not in tokens and not h[0].startswith(b"proxy-")
     ]
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    if not trusted:
+        return False
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -60,6 +82,7 @@ def forwarded_for(
     An incoming X-Forwarded-For is believed only when the peer is a trusted
     proxy; then the client is the right-most address not itself trusted.
     """
+    trusted = tuple(trusted)
     if not incoming or not _trusted(peer, trusted):
         return peer, peer
     chain = [
@@ -78,7 +101,13 @@ def forwarded_for(
 
 
 def forwarded_scheme_and_host(
-    peer: str, headers: Headers, trusted: Sequence[Network], *, scheme: str, host: str
+    peer: str,
+    trusted: Sequence[Network],
+    *,
+    scheme: str,
+    host: str,
+    incoming_proto: Optional[bytes],
+    incoming_host: Optional[bytes],
 ) -> tuple[str, str]:
     """
     The C{X-Forwarded-Proto} and C{X-Forwarded-Host} to send upstream.
@@ -87,11 +116,9 @@ def forwarded_scheme_and_host(
     values are passed on, so the application still sees C{https} and the
     name the client asked for; from anyone else they are replaced.
     """
-    if _trusted(peer, trusted):
-        proto = headers.getRawHeaders(b"x-forwarded-proto")
-        forwarded_host = headers.getRawHeaders(b"x-forwarded-host")
-        if proto:
-            scheme = proto[0].decode("latin-1").split(",")[0].strip() or scheme
-        if forwarded_host:
-            host = forwarded_host[0].decode("latin-1").split(",")[0].strip() or host
+    if (incoming_proto or incoming_host) and _trusted(peer, tuple(trusted)):
+        if incoming_proto:
+            scheme = incoming_proto.decode("latin-1").split(",")[0].strip() or scheme
+        if incoming_host:
+            host = incoming_host.decode("latin-1").split(",")[0].strip() or host
     return scheme, host

@@ -11,14 +11,43 @@ C{access_log ... buffer=}, and reopened on SIGHUP for log rotation.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Optional
+import json
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import task
 from twisted.logger import Logger
 
+from wasmgate.metrics import normalise_path
+
+if TYPE_CHECKING:
+    from wasmgate.http.message import RequestRecord
+
 _access = Logger(namespace="wasmgate.access")
 
 AccessSink = Callable[[str], None]
+
+
+def access_line(info: "RequestRecord", duration: float) -> str:
+    """One request as a JSON line: no request headers, no query string."""
+    line = {
+        "time": round(time.time(), 3),
+        "client_ip": info.client_ip,
+        "method": info.method,
+        "path": info.path,
+        "path_template": normalise_path(info.path),
+        "route": info.route,
+        "status": info.status,
+        "bytes": info.bytes,
+        "duration_ms": round(duration * 1000, 3),
+        "upstream": info.target,
+        "filters": [f"{d.plugin}:{d.outcome}" for d in info.decisions],
+    }
+    if info.user_agent is not None:
+        line["user_agent"] = info.user_agent
+    if info.error:
+        line["error"] = info.error
+    return json.dumps(line, separators=(",", ":"))
 
 
 def log_sink(line: str) -> None:

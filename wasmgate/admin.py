@@ -64,6 +64,20 @@ class _Reload(Resource):
         return server.NOT_DONE_YET
 
 
+class _QuietSite(server.Site):
+    """No access log, no factory chatter."""
+
+    noisy = False
+
+    def log(self, request: server.Request) -> None:
+        pass
+
+
+def admin_site(resource: Resource, *, reactor: Any) -> server.Site:
+    """The admin port's site (twisted.web: it is not on the hot path)."""
+    return _QuietSite(resource, reactor=reactor)
+
+
 class AdminResource(Resource):
     def __init__(self, *, gateway: "GatewayService") -> None:
         super().__init__()

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-from twisted.internet import defer, task
-from twisted.web.client import HTTPConnectionPool
+from twisted.internet import defer
 from twisted.web.iweb import IPolicyForHTTPS
 
 from wasmgate.config import GatewayConfig, UpstreamConfig
+from wasmgate.http.upstream import UpstreamPool
 from wasmgate.routing import Router
-from wasmgate.upstream import Upstream, make_pool, make_upstreams
+from wasmgate.upstream import Upstream, make_upstreams
 
 
 @dataclass
@@ -43,8 +43,7 @@ class Generation:
         router: Router[RouteRuntime],
         upstreams: Mapping[str, Upstream],
         filters: Mapping[str, Any],
-        pool: HTTPConnectionPool,
-        cooperator: task.Cooperator,
+        pool: UpstreamPool,
     ) -> None:
         self.config = config
         self.number = number
@@ -52,7 +51,6 @@ class Generation:
         self.upstreams = upstreams
         self.filters = filters
         self.pool = pool
-        self.cooperator = cooperator
         self.in_flight = 0
         self._drained: list[defer.Deferred[None]] = []
         self._checkers: list[Any] = []
@@ -105,7 +103,9 @@ class Generation:
         for f in self.filters.values():
             if f not in keep_filters:
                 f.close()
-        return self.pool.closeCachedConnections()
+        closing = [self.pool.close()]
+        closing += [u.close() for u in self.upstreams.values()]
+        return defer.gatherResults(closing, consumeErrors=True).addCallback(lambda _: None)
 
 
 def build_generation(
@@ -116,23 +116,23 @@ def build_generation(
     filters: Mapping[str, Any],
     make_chain: Callable[[tuple[Any, ...], Mapping[str, Mapping[str, Any]]], Any],
     tls_policy: Callable[[UpstreamConfig], Optional[IPolicyForHTTPS]],
-    cooperator: task.Cooperator,
 ) -> Generation:
     """
     Wire routes, upstreams and already-loaded C{filters} (by plugin name)
     into a L{Generation}. C{make_chain(filters, route_overrides)} builds a
     route's chain.
     """
-    pool = make_pool(
+    pool = UpstreamPool(
         reactor,
-        # Idle kept-alive connections per target; a capped upstream needs no more.
-        max_per_host=max((u.max_connections_per_target or 64 for u in config.upstreams.values()), default=64),
         idle_timeout=config.server.timeouts.idle,
+        # Idle kept-alive connections per target; a capped upstream needs no more.
+        max_idle_per_target=max(
+            (u.max_connections_per_target or 64 for u in config.upstreams.values()), default=64
+        ),
     )
     upstreams = make_upstreams(
         dict(config.upstreams),
         reactor=reactor,
-        pool=pool,
         connect_timeout=config.server.timeouts.connect,
         tls_policy=tls_policy,
     )
@@ -151,5 +151,4 @@ def build_generation(
         upstreams=upstreams,
         filters=filters,
         pool=pool,
-        cooperator=cooperator,
     )

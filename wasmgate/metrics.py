@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
     from wasmgate.generation import Generation
-    from wasmgate.proxy import GatewayRequest
+    from wasmgate.http.message import RequestRecord
 
 _ID_SEGMENT = re.compile(
     r"""^(
@@ -114,14 +114,13 @@ class GatewayMetrics:
 
     # Observers --
 
-    def request_done(self, request: "GatewayRequest", seconds: float) -> None:
-        info = request.info
-        method = request.method.decode("latin-1", "replace") if request.method else "-"
+    def request_done(self, info: "RequestRecord", seconds: float) -> None:
+        method = info.method
         if method not in _METHODS:
             method = "other"
         route = info.route or "-"
-        path = self._path_label(route, (request.path or b"/").decode("latin-1", "replace"))
-        key = (method, route, path, str(request.code))
+        path = self._path_label(route, info.path)
+        key = (method, route, path, str(info.status))
         children = self._children.get(key)
         if children is None:  # labels() validates and locks: once per series
             children = self._children[key] = (

@@ -1,31 +1,41 @@
 # -*- test-case-name: tests.test_proxy -*-
 """
-The reverse proxy: a twisted.web resource that takes each request through
-its route's filter chain to an upstream and streams the answer back.
+The exchange core: one request's way through route, filters, upstream and
+back, whatever wire protocol it came on.
+
+A wire protocol hands L{Gateway.start_exchange} an L{IncomingRequest} and
+a L{ResponseChannel}; the L{Exchange} routes it, runs the route's request
+filters (one thread hop for the chain), sends it to a target over the
+generation's L{UpstreamPool} (streaming the body when no filter reads it),
+runs the response filters, and relays the answer with backpressure both
+ways. Errors map to statuses here: 400 (target), 404 (route), 413/408
+(body), 502 (upstream failed), 503 (no target), 504 (too slow).
 """
 from __future__ import annotations
 
-import io
-import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
-from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
-from twisted.protocols.policies import TimeoutMixin
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.client import FileBodyProducer, PotentialDataLoss, ResponseDone
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from wasmgate._headers import end_to_end, forwarded_for, forwarded_scheme_and_host
-from wasmgate.routing import BadPath, normalize_path
+from wasmgate._headers import dropping, end_to_end, forwarded_for, forwarded_scheme_and_host
+from wasmgate.http import _wire
+from wasmgate.http._timers import Deadline
+from wasmgate.http.message import (
+    BodyTimedOut,
+    BodyTooLarge,
+    ClientGone,
+    Header,
+    IncomingRequest,
+    RequestRecord,
+    ResponseChannel,
+)
+from wasmgate.http.upstream import UpstreamConnection
+from wasmgate.routing import BadPath, BadTarget, normalize_path, split_target
 from wasmgate.upstream import NoTargetAvailable, Target, UpstreamBusy
 from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
 
@@ -34,753 +44,609 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-_REQUEST_DROP = (b"content-length", b"x-forwarded-proto", b"x-forwarded-host")
-_RESPONSE_DROP = (b"content-length",)
+_REQUEST_DROP = dropping(
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"
+)
+_REQUEST_DROP_UNENCODED = _REQUEST_DROP | {b"accept-encoding"}
+_RESPONSE_DROP = dropping(b"content-length")
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_RETRY_FRESH = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
+"""Idempotent methods retried once on a fresh connection when a kept-alive
+one closed before any answer (only without a body, as Twisted's pool did)."""
 
 
-def _request_drop(route: "RouteRuntime") -> tuple[bytes, ...]:
-    """
-    Request headers not passed upstream. Where filters read response
-    bodies, Accept-Encoding is not passed either: the upstream then answers
-    uncompressed, and a redactor sees text, not gzip it cannot read.
-    """
-    chain = route.chain
-    if chain is not None and chain.wants_body and chain.has_response_filters:
-        return _REQUEST_DROP + (b"accept-encoding",)
-    return _REQUEST_DROP
-
-
-class ExchangeInfo:
-    """What the access log and metrics want to know about one request."""
-
-    __slots__ = (
-        "route", "target", "decisions", "started", "error", "upstream", "upstream_status", "client_ip"
-    )
-
-    def __init__(self, started: float) -> None:
-        self.route: str = ""
-        self.upstream: str = ""
-        self.target: str = ""
-        self.decisions: list[FilterDecision] = []
-        self.started = started
-        self.error: str = ""
-        self.upstream_status: str = ""
-        self.client_ip: str = ""
-        """After trusted-proxy handling; empty when no route was found."""
-
-
-class GatewayRequest(server.Request):
-    """
-    A request whose body is refused past the site's C{max_body_bytes}
-    (413, connection closed) instead of being buffered; and which carries
-    an L{ExchangeInfo} for logs.
-    """
-
-    defaultContentType = None
-    _rejected = False
-    _received = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.info = ExchangeInfo(time.monotonic())
-        site = self.channel.site
-        # The request line is in; headers and body must follow within the
-        # read timeout (a client trickling bytes would hold a slot forever).
-        self._read_timer = site.reactor.callLater(site.read_timeout, self._read_timed_out)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._read_timer.active():
-            self._read_timer.cancel()
-        super().requestReceived(command, path, version)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self._read_timer.active():
-            self._read_timer.cancel()
-        super().connectionLost(reason)
-
-    def write(self, data: bytes) -> None:
-        if not self.startedWriting and self.channel is not None and self.channel.site.draining:
-            # Shutting down: this connection ends with this response, and
-            # the client hears so instead of finding it closed under it.
-            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
-            self.channel.persistent = False
-        super().write(data)
-
-    def _read_timed_out(self) -> None:
-        if not self._rejected:
-            self._refuse(408, b"Request Timeout", b"request not received in time\n")
-
-    def gotLength(self, length: Optional[int]) -> None:
-        if length is not None and length > self.channel.site.max_body_bytes:
-            self.content = io.BytesIO()
-            self._reject_too_large()
-            return
-        # Headers are in: from now on the timeout is a gap in the body, so
-        # a large upload on a slow link is fine as long as it keeps coming.
-        self._body_arriving()
-        super().gotLength(length)
-
-    def _body_arriving(self) -> None:
-        if self._read_timer.active():
-            self._read_timer.reset(self.channel.site.read_timeout)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self._rejected:
-            return
-        self._body_arriving()
-        self._received += len(data)
-        if self._received > self.channel.site.max_body_bytes:
-            self._reject_too_large()
-            return
-        self.content.write(data)
-
-    def _reject_too_large(self) -> None:
-        self._refuse(413, b"Payload Too Large", b"request body too large\n")
-
-    def process(self) -> None:
-        if not self._rejected:
-            super().process()
-
-    def _refuse(self, code: int, phrase: bytes, body: bytes) -> None:
-        """
-        Answer before the request was fully read (too large, too slow) and
-        close: written straight to the transport, as twisted.web does for
-        its own 400s, since the request never reaches a resource.
-        """
-        self._rejected = True
-        if self._read_timer.active():
-            self._read_timer.cancel()
-        self.info.error = body.decode().strip()
-        # Never invite the rest of the body with a 100 Continue.
-        self.requestHeaders.removeHeader(b"expect")
-        transport = self.channel.transport
-        transport.write(
-            b"HTTP/1.1 %d %s\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (code, phrase, len(body), body)
-        )
-        self.code = code
-        self.sentLength = len(body)
-        # requestReceived has not run yet: name the request for the log.
-        self.method = getattr(self.channel, "_command", None) or b"-"
-        self.uri = getattr(self.channel, "_path", None) or b"-"
-        self.path = self.uri.split(b"?", 1)[0]
-        # Half-close so the client reads the answer before its unsent body
-        # could turn our close into a reset; then close for good.
-        try:
-            transport.loseWriteConnection()
-        except (AttributeError, NotImplementedError):
-            transport.loseConnection()
-        else:
-            self.channel.site.reactor.callLater(2.0, transport.loseConnection)
-        self.channel.site.log(self)
-
-
-class ProxyResource(Resource):
-    """
-    The gateway's only resource: every request goes through L{_Exchange}.
-    """
-
-    isLeaf = True
+class Gateway:
+    """What exchanges need of the running gateway."""
 
     def __init__(
-        self, *, generation: Callable[[], "Generation"], reactor: IReactorTime
-    ) -> None:
-        super().__init__()
-        self._generation = generation
-        self._reactor = reactor
-
-    def render(self, request: GatewayRequest) -> int:
-        _Exchange(self._generation(), request, self._reactor).start()
-        return server.NOT_DONE_YET
-
-
-class _Exchange:
-    """One request's way through route, filters, upstream and back."""
-
-    def __init__(
-        self, generation: "Generation", request: GatewayRequest, reactor: IReactorTime
+        self,
+        *,
+        generation: Callable[[], "Generation"],
+        clock: IReactorTime,
+        record: Callable[[RequestRecord], None],
+        max_body_bytes: Callable[[], int],
     ) -> None:
         self.generation = generation
+        self.clock = clock
+        self.record = record
+        self.max_body_bytes = max_body_bytes
+
+    def start_exchange(self, request: IncomingRequest, channel: ResponseChannel) -> "Exchange":
+        exchange = Exchange(self, request, channel)
+        exchange.start()
+        return exchange
+
+
+@implementer(IPushProducer)
+class Exchange:
+    """One request's way through route, filters, upstream and back."""
+
+    def __init__(self, gateway: Gateway, request: IncomingRequest, channel: ResponseChannel) -> None:
+        self.gateway = gateway
+        self.generation = generation = gateway.generation()
         self.request = request
-        self.reactor = reactor
-        self.info = request.info
+        self.channel = channel
+        self.clock = gateway.clock
+        self.record = RequestRecord(request.started)
         self.route: Optional["RouteRuntime"] = None
         self.freq: Optional[FilterRequest] = None
-        self.response_headers: list[tuple[str, str]] = []
-        self.pending: Optional[defer.Deferred[Any]] = None
-        self.body_transport: Any = None
-        self._holding: Optional[Target] = None
         self.done = False
+        self.pending: Optional[defer.Deferred[Any]] = None
+        # What goes upstream.
+        self.method = request.method
+        self.uri = b""
+        self.headers: list[Header] = []
+        self.body: Optional[bytes] = None
+        """A buffered body (filters read it); else the request's streams."""
+        self.response_headers: list[Header] = []
+        self.conn: Optional[UpstreamConnection] = None
+        self._targets: list[Target] = []
+        self._holding: Optional[Target] = None
+        self._fresh = False
+        self._head_seen = False
+        self._sent_at = 0.0
+        self._last_upstream = 0.0
+        self._paused = False
+        self._collected: Optional[list[bytes]] = None
+        self._collected_size = 0
+        self._held: Optional[list[bytes]] = None
+        self._when_collected: Optional[defer.Deferred[None]] = None
+        self._upstream_ended = False
+        self._timer = Deadline(self.clock, self._upstream_timer)
         generation.request_started()
-        request.notifyFinish().addBoth(self._finished)
 
-    # -- the way in --
+    # -- the way in --------------------------------------------------------
 
     def start(self) -> None:
         request = self.request
-        host = (request.getHeader(b"host") or b"").decode("latin-1")
-        raw_path = request.path.decode("latin-1")
-        if raw_path.startswith(("http://", "https://")):  # absolute-form (RFC 9112 3.2.2)
-            parts = urlsplit(raw_path)
-            host, raw_path = parts.netloc, parts.path or "/"
+        record = self.record
+        record.method = request.method.decode("latin-1")
+        record.protocol = request.version.decode("latin-1")
+        record.client_ip = request.peer_host
         try:
+            host, raw_path, query = split_target(request.target, request.header(b"host"))
+            record.path = raw_path
             path = normalize_path(raw_path)
-        except BadPath as e:
-            self.answer(400, b"bad request path: %s\n" % (str(e).encode("latin-1"),))
+        except (BadTarget, BadPath) as e:
+            self.answer(400, b"bad request target: %s\n" % (str(e).encode("latin-1"),))
             return
+        record.path = path
         found = self.generation.router.match(host, path)
         if found is None:
             self.answer(404, b"no route for this host and path\n")
             return
         self.route = route = found[1]
-        self.info.route = route.config.name
-        self.info.upstream = route.upstream.name
-        self.freq = freq = self._filter_request(route, host, path)
-        if route.chain is None:
+        record.route = route.config.name
+        record.upstream = route.upstream.name
+        self.uri = (path + "?" + query if query else path).encode("latin-1")
+        chain = route.chain
+        self.headers = self._upstream_headers(route, host)
+        if chain is None:
             self.forward()
             return
-        self.pending = route.chain.run_request(freq)
-        self.pending.addCallback(self._filtered)
-        self.pending.addErrback(self._internal_error)  # also a bug in _filtered: a 500, never a hang
+        body = request.body
+        if chain.wants_body and body is not None:
+            self.pending = body.collect()
+            self.pending.addCallbacks(self._run_request_filters, self._body_failed_early)
+            return
+        self._run_request_filters(b"" if chain.wants_body else None)
 
-    def _filter_request(self, route: "RouteRuntime", host: str, path: str) -> FilterRequest:
+    def _upstream_headers(self, route: "RouteRuntime", host: str) -> list[Header]:
+        """The client's end-to-end headers, Host first, X-Forwarded-* last."""
         request = self.request
-        generation = self.generation
-        peer = request.getClientAddress()
-        peer_ip = getattr(peer, "host", "") or ""
-        xff, client_ip = forwarded_for(
-            peer_ip,
-            request.requestHeaders.getRawHeaders(b"x-forwarded-for", ()),
-            generation.config.server.trusted_proxies,
-        )
-        self.info.client_ip = client_ip
-        scheme = "https" if request.isSecure() else "http"
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, values in end_to_end(request.requestHeaders, drop=_request_drop(route))
-            if name != b"x-forwarded-for"
-            for value in values
-        ]
-        headers.append(("x-forwarded-for", xff))
+        server = self.generation.config.server
+        trusted = server.trusted_proxies
+        peer = request.peer_host
+        xff_in: list[bytes] = []
+        proto_in = host_in = None
+        for name, value in request.headers:
+            if name == b"x-forwarded-for":
+                xff_in.append(value)
+            elif name == b"x-forwarded-proto":
+                proto_in = proto_in or value
+            elif name == b"x-forwarded-host":
+                host_in = host_in or value
+        xff, client_ip = forwarded_for(peer, xff_in, trusted)
+        self.record.client_ip = client_ip
         scheme, forwarded_host = forwarded_scheme_and_host(
-            peer_ip, request.requestHeaders, generation.config.server.trusted_proxies,
-            scheme=scheme, host=host,
+            peer, trusted, scheme="https" if request.secure else "http", host=host,
+            incoming_proto=proto_in, incoming_host=host_in,
         )
-        headers.append(("x-forwarded-proto", scheme))
+        chain = route.chain
+        drop = _REQUEST_DROP
+        if chain is not None and chain.wants_body and chain.has_response_filters:
+            # The upstream then answers uncompressed: a redactor reads text, not gzip.
+            drop = _REQUEST_DROP_UNENCODED
+        headers = [(b"host", host.encode("latin-1"))] if host else []
+        headers.extend(end_to_end(request.headers, drop))
+        headers.append((b"x-forwarded-for", xff.encode("latin-1")))
+        headers.append((b"x-forwarded-proto", scheme.encode("latin-1")))
         if forwarded_host:
-            headers.append(("x-forwarded-host", forwarded_host))
-        query = request.uri.decode("latin-1").partition("?")[2]
-        body = None
-        if route.chain is not None and route.chain.wants_body:
-            request.content.seek(0)
-            body = request.content.read()
-        return FilterRequest(
-            method=request.method.decode("latin-1"),
+            headers.append((b"x-forwarded-host", forwarded_host.encode("latin-1")))
+        return headers
+
+    def _run_request_filters(self, body: Optional[bytes]) -> None:
+        self.pending = None
+        if self.done:
+            return
+        route = self.route
+        assert route is not None and route.chain is not None
+        request = self.request
+        path, _, query = self.uri.decode("latin-1").partition("?")
+        self.freq = FilterRequest(
+            method=self.method.decode("latin-1"),
             path=path,
             query=query,
-            headers=headers,
-            client_ip=client_ip,
+            headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers],
+            client_ip=self.record.client_ip,
             body=body,
             route=route.config.name,
-            scheme=scheme,
-            protocol=(request.clientproto or b"HTTP/1.1").decode("latin-1"),
-            source_port=getattr(peer, "port", 0) if client_ip == peer_ip else 0,
+            scheme="https" if request.secure else "http",
+            protocol=request.version.decode("latin-1"),
+            source_port=request.peer_port if self.record.client_ip == request.peer_host else 0,
         )
+        self.pending = route.chain.run_request(self.freq)
+        self.pending.addCallback(self._filtered)
+        self.pending.addErrback(self._internal_error)
 
     def _filtered(self, result: tuple[Any, list[FilterDecision]]) -> None:
         self.pending = None
         outcome, decisions = result
-        self.info.decisions.extend(decisions)
+        self.record.decisions.extend(decisions)
         if self.done:
             return
         if isinstance(outcome, Answer):
-            self.answer(outcome.status, outcome.body, outcome.headers)
+            self.answer(
+                outcome.status, outcome.body,
+                [(n.encode("latin-1"), v.encode("latin-1")) for n, v in outcome.headers],
+            )
             return
         assert isinstance(outcome, Continue)
-        self.freq = outcome.request
-        self.response_headers = list(outcome.response_headers)
+        freq = self.freq = outcome.request
+        self.method = freq.method.encode("latin-1")
+        self.uri = (freq.path + ("?" + freq.query if freq.query else "")).encode("latin-1")
+        self.headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in freq.headers]
+        self.response_headers = [
+            (n.encode("latin-1"), v.encode("latin-1")) for n, v in outcome.response_headers
+        ]
+        if freq.body is not None:
+            self.body = freq.body
         self.forward()
 
-    # -- upstream --
+    def _body_failed_early(self, reason: Failure) -> None:
+        self.pending = None
+        self._body_failed(reason.value)
+
+    # -- upstream ------------------------------------------------------------
 
     def forward(self) -> None:
-        assert self.route is not None and self.freq is not None
+        route = self.route
+        assert route is not None
         try:
-            candidates = self.route.upstream.candidates(self.freq.client_ip)
+            candidates = route.upstream.candidates(self.record.client_ip)
         except UpstreamBusy:
-            self.info.error = "every target is at max_connections_per_target"
-            self.answer(503, b"upstream busy\n", [("retry-after", "1")])
+            self.record.error = "every target is at max_connections_per_target"
+            self.answer(503, b"upstream busy\n", [(b"retry-after", b"1")])
             return
         except NoTargetAvailable:
             self.answer(503, b"no healthy upstream\n")
             return
-        retries = 1 if self.freq.method.upper() in self.route.upstream.config.retry_methods else 0
-        self._try(candidates[: retries + 1])
+        retries = 1 if self.method.decode("latin-1").upper() in route.upstream.config.retry_methods else 0
+        self._targets = candidates[: retries + 1]
+        self._try()
 
-    def _try(self, targets: list[Target]) -> None:
-        assert self.route is not None and self.freq is not None
-        target, rest = targets[0], targets[1:]
-        freq = self.freq
-        self.info.target = target.url
-        headers = Headers()
-        for name, value in freq.headers:
-            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        uri = freq.path + ("?" + freq.query if freq.query else "")
-        url = (target.url + uri).encode("latin-1")
-        timeout = self._upstream_timeout()
-        target.active += 1  # until the exchange is over (least_requests)
+    def _try(self) -> None:
+        target = self._targets.pop(0)
+        self.record.target = target.url
         self._release_target()
+        target.active += 1  # until the exchange is over (least_requests)
         self._holding = target
-        d = self.route.upstream.agent.request(
-            freq.method.encode("latin-1"), url, headers, self._body_producer()
-        )
+        self._head_seen = False
+        self._sent_at = self.clock.seconds()
+        self._timer.at(self._sent_at + self._upstream_timeout())
+        d = self.generation.pool.connection(target, fresh=self._fresh)
         self.pending = d
-        # Not Deferred.addTimeout: the Agent turns a cancel into
-        # ResponseNeverReceived, so the timeout has to remember it fired.
-        timer = self.reactor.callLater(timeout, self._timed_out, d)
-
-        def settled(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        def failed(reason: Failure) -> None:
-            self.pending = None
-            self._release_target()
-            if self.done:
-                return
-            now = self.reactor.seconds()
-            self.info.upstream_status = "timeout" if getattr(d, "timed_out", False) else "error"
-            if getattr(d, "timed_out", False):
-                self._upstream_error(504, b"upstream timed out\n", target, reason)
-                return
-            target.failed(now)
-            connect_failed = reason.check(ConnectError) and not reason.check(ConnectingCancelledError)
-            if connect_failed and rest:
-                # Nothing reached the upstream: safe to try another target.
-                log.info(
-                    "upstream {target} refused ({error}); retrying on {next}",
-                    target=target.url, error=reason.getErrorMessage(), next=rest[0].url,
-                )
-                self._try(rest)
-                return
-            self._upstream_error(502, b"bad gateway\n", target, reason)
-
-        d.addBoth(settled)
-        d.addCallbacks(lambda response: self._got_response(response, target), failed)
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(target,), errbackArgs=(target,))
         d.addErrback(self._internal_error)
+
+    def _connected(self, conn: UpstreamConnection, target: Target) -> None:
+        self.pending = None
+        if self.done:
+            self.generation.pool.release(conn)  # unused: still good
+            return
+        self.conn = conn
+        head = b"%s %s HTTP/1.1\r\n%s" % (self.method, self.uri, _wire.header_block(self.headers))
+        head_only = self.method == b"HEAD"
+        body = self.request.body
+        if self.body is not None:
+            if self.body or self.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+                head += b"content-length: %d\r\n\r\n%s" % (len(self.body), self.body)
+            else:
+                head += b"\r\n"
+            conn.send(head, self, head_only=head_only)
+        elif body is not None:
+            length = body.length
+            if length is None:
+                head += b"transfer-encoding: chunked\r\n\r\n"
+            else:
+                head += b"content-length: %d\r\n\r\n" % (length,)
+            conn.send(head, self, head_only=head_only, chunked_body=length is None, body_follows=True)
+            conn.transport.registerProducer(body, True)
+            body.stream_to(self)
+        else:
+            if self.request.header(b"content-length") is not None:
+                head += b"content-length: 0\r\n"
+            conn.send(head + b"\r\n", self, head_only=head_only)
+
+    def _connect_failed(self, reason: Failure, target: Target) -> None:
+        self.pending = None
+        if self.done:
+            return
+        target.failed(self.clock.seconds())
+        connect_failed = reason.check(ConnectError) and not reason.check(ConnectingCancelledError)
+        if connect_failed and self._targets:
+            # Nothing reached the upstream: safe to try another target.
+            log.info(
+                "upstream {target} refused ({error}); retrying on {next}",
+                target=target.url, error=reason.getErrorMessage(), next=self._targets[0].url,
+            )
+            self._try()
+            return
+        self.record.upstream_status = "error"
+        self._upstream_error(502, b"bad gateway\n", target, reason)
+
+    def _upstream_timeout(self) -> float:
+        """The route's upstream timeout: for the response headers, then each gap in the body."""
+        assert self.route is not None
+        return self.route.config.timeout or self.generation.config.server.timeouts.upstream
+
+    def _upstream_timer(self) -> None:
+        if self.done or self._upstream_ended:
+            return
+        now = self.clock.seconds()
+        timeout = self._upstream_timeout()
+        if not self._head_seen:
+            if now < self._sent_at + timeout:
+                self._timer.at(self._sent_at + timeout)
+                return
+            self.record.upstream_status = "timeout"
+            self._drop_upstream()
+            target = self._holding
+            self.record.error = "upstream sent no response headers within %gs" % (timeout,)
+            log.warn(
+                "upstream {upstream} target {target}: timed out -> 504",
+                upstream=self.record.upstream, target=target.url if target else "-",
+            )
+            self.answer(504, b"upstream timed out\n")
+            return
+        if self._paused:
+            self._timer.at(now + timeout)  # the client is slow, not the upstream
+            return
+        if now < self._last_upstream + timeout:
+            self._timer.at(self._last_upstream + timeout)
+            return
+        self.record.error = "upstream sent nothing more of its body for the upstream timeout"
+        log.warn(
+            "upstream {upstream} target {target}: body stalled, giving up",
+            upstream=self.record.upstream, target=self.record.target,
+        )
+        self._drop_upstream()
+        if self.channel.started:
+            self.channel.abort()
+            self._finish()
+        else:
+            self.answer(504, b"upstream timed out\n")
+
+    def _upstream_error(self, code: int, body: bytes, target: Target, reason: Failure) -> None:
+        self.record.error = _describe(reason)
+        log.warn(
+            "upstream {upstream} target {target}: {error} -> {code}",
+            upstream=self.record.upstream, target=target.url, error=self.record.error, code=code,
+        )
+        self.answer(code, body)
+
+    def _drop_upstream(self) -> None:
+        """Give up on the upstream request: reset its connection."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.cancel()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
 
     def _release_target(self) -> None:
         target, self._holding = self._holding, None
         if target is not None:
             target.active -= 1
 
-    def _timed_out(self, d: defer.Deferred[Any]) -> None:
-        d.timed_out = True  # type: ignore[attr-defined]
-        d.cancel()
+    # -- the request body, streamed (BodySink) -------------------------------
 
-    def _body_producer(self) -> Optional[FileBodyProducer]:
-        assert self.freq is not None and self.route is not None
-        if self.freq.body is not None:
-            if not self.freq.body and self.freq.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
-                return None
-            return FileBodyProducer(io.BytesIO(self.freq.body), cooperator=self.generation.cooperator)
-        request = self.request
-        content = request.content
-        content.seek(0, io.SEEK_END)
-        length = content.tell()
-        content.seek(0)
-        if length == 0 and not (
-            request.requestHeaders.hasHeader(b"content-length")
-            or request.requestHeaders.hasHeader(b"transfer-encoding")
-        ):
-            return None
-        return FileBodyProducer(content, cooperator=self.generation.cooperator)
+    def body_data(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.write_body(data)
 
-    def _upstream_error(self, code: int, body: bytes, target: Target, reason: Failure) -> None:
-        self.info.error = _describe(reason)
-        log.warn(
-            "upstream {upstream} target {target}: {error} -> {code}",
-            upstream=self.info.upstream, target=target.url, error=self.info.error, code=code,
-        )
-        self.answer(code, body)
+    def body_end(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.end_body()
+            if conn.transport is not None:
+                conn.transport.unregisterProducer()
 
-    def _got_response(self, response: IResponse, target: Target) -> Optional[defer.Deferred[Any]]:
-        self.pending = None
-        if response.code >= 500:
-            target.failed(self.reactor.seconds(), answered=True)  # ejection counts 5xx too
+    def body_failed(self, reason: Exception) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.unregisterProducer()
+        self._body_failed(reason)
+
+    def _body_failed(self, reason: BaseException) -> None:
+        if self.done or isinstance(reason, ClientGone):
+            return
+        self._drop_upstream()
+        if isinstance(reason, BodyTooLarge):
+            self.record.error = "request body too large"
+            self.answer(413, b"request body too large\n")
+        elif isinstance(reason, BodyTimedOut):
+            self.record.error = "request body not received in time"
+            self.answer(408, b"request not received in time\n")
         else:
-            target.succeeded()
-        self.info.upstream_status = str(response.code)
-        if self.done:
-            response.deliverBody(_Discard())
-            return None
-        if self.route is not None and self.route.chain is not None and self.route.chain.has_response_filters:
-            return self._filter_response(response)
-        self._start_response(
-            response.code, response.phrase, end_to_end(response.headers, drop=_connection_named(response))
-        )
-        self._set_length(response)
-        response.deliverBody(_BodyRelay(self))
-        return None
+            self._internal_error(Failure(reason))
 
-    def _upstream_timeout(self) -> float:
-        """
-        The route's upstream timeout: for the response headers to come, and
-        then for each gap in the response body.
-        """
-        assert self.route is not None
-        return self.route.config.timeout or self.generation.config.server.timeouts.upstream
+    # -- the response (ResponseHandler) ----------------------------------------
 
-    def _upstream_stalled(self) -> None:
-        self.info.error = "upstream sent nothing more of its body for the upstream timeout"
-        log.warn(
-            "upstream {upstream} target {target}: body stalled, giving up",
-            upstream=self.info.upstream, target=self.info.target,
-        )
-
-    def _set_length(self, response: IResponse) -> None:
-        """
-        Keep the upstream's Content-Length: Twisted's client hides it in
-        C{response.length}, except for HEAD where it stays a header.
-        """
-        if self.request.method == b"HEAD":
-            lengths = response.headers.getRawHeaders(b"content-length")
-            if lengths:
-                self.request.responseHeaders.setRawHeaders(b"content-length", lengths[:1])
-        elif response.length is not UNKNOWN_LENGTH:
-            self.request.responseHeaders.setRawHeaders(
-                b"content-length", [b"%d" % (response.length,)]
-            )
-
-    def _filter_response(self, response: IResponse) -> defer.Deferred[Any]:
-        assert self.route is not None and self.route.chain is not None and self.freq is not None
-        chain = self.route.chain
-        limit = self.generation.config.server.max_body_bytes
-        # Read now: once the body is in, Twisted has let go of the parser
-        # that knows which headers the upstream's Connection header named.
-        hop_by_hop = _RESPONSE_DROP + _connection_named(response)
-        if chain.wants_body:
-            collected: defer.Deferred[Optional[bytes]] = defer.Deferred()
-            response.deliverBody(_Collect(collected, limit, exchange=self))
-        else:
-            collected = defer.succeed(None)
-
-        def run(body: Optional[bytes]) -> defer.Deferred[Any]:
-            headers = [
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, values in end_to_end(response.headers, drop=hop_by_hop)
-                for value in values
-            ]
-            resp = FilterResponse(status=response.code, headers=headers, body=body)
-            d = chain.run_response(self.freq, resp)  # type: ignore[arg-type]
-            return d.addCallback(lambda result: (body, result))
-
-        def write(outcome: tuple[Optional[bytes], tuple[Any, list[FilterDecision]]]) -> None:
-            body, (resp, decisions) = outcome
-            self.info.decisions.extend(decisions)
-            buffered = chain.wants_body
-            if self.done or isinstance(resp, Answer):
-                if not buffered:
-                    response.deliverBody(_Discard())
-                if not self.done:
-                    self.answer(resp.status, resp.body, resp.headers)
-                return
-            grouped: dict[bytes, list[bytes]] = {}
-            for name, value in resp.headers:
-                grouped.setdefault(name.encode("latin-1"), []).append(value.encode("latin-1"))
-            phrase = response.phrase if resp.status == response.code else None
-            self._start_response(resp.status, phrase, list(grouped.items()))
-            if resp.body is None and not buffered:
-                self._set_length(response)
-                response.deliverBody(_BodyRelay(self))
-                return
-            if not buffered:
-                response.deliverBody(_Discard())
-            payload = resp.body if resp.body is not None else body or b""
-            self.request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(payload)])
-            self.request.write(payload)
-            self.request.finish()
-
-        def too_large(reason: Failure) -> None:
-            if reason.trap(_BodyTooLarge, _BodyStalled) is _BodyStalled:
-                self.answer(504, b"upstream timed out\n")
+    def response_head(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None:
+        self._head_seen = True
+        self._last_upstream = self.clock.seconds()
+        self.record.upstream_status = str(status)
+        target = self._holding
+        if target is not None:
+            if status >= 500:
+                target.failed(self._last_upstream, answered=True)  # ejection counts 5xx too
             else:
+                target.succeeded()
+        if self.done:
+            return
+        route = self.route
+        assert route is not None
+        chain = route.chain
+        if chain is not None and chain.has_response_filters:
+            self._filter_response(status, reason, headers, length)
+            return
+        self.channel.respond(status, reason, end_to_end(headers, _RESPONSE_DROP) + self.response_headers, length=length)
+        self.channel.pause_upstream_with(self)
+
+    def response_data(self, data: bytes) -> None:
+        self._last_upstream = self.clock.seconds()
+        if self._collected is not None:
+            self._collected_size += len(data)
+            if self._collected_size > self.gateway.max_body_bytes():
+                self._collected = None
+                self._drop_upstream()
                 self.answer(502, b"upstream response too large for the response filters\n")
+                return
+            self._collected.append(data)
+        elif self._held is not None:
+            self._held.append(data)
+        elif not self.done:
+            self.channel.write(data)
 
-        collected.addCallback(run)
-        collected.addCallbacks(write, too_large)
-        collected.addErrback(self._internal_error)
-        return collected
+    def response_done(self) -> None:
+        self._upstream_ended = True
+        self.conn = None
+        self._timer.cancel()
+        self._release_target()
+        if self.done:
+            return
+        if self._when_collected is not None:
+            collected, self._when_collected = self._when_collected, None
+            collected.callback(None)
+            return
+        if self._collected is not None or self._held is not None:
+            return  # the response filters' callback finishes it
+        self.channel.stop_pausing()
+        self.channel.finish()
+        self._finish()
 
-    def _start_response(
-        self, code: int, phrase: Optional[bytes], headers: list[tuple[bytes, list[bytes]]]
-    ) -> None:
-        request = self.request
-        request.setResponseCode(code, phrase)
-        out = request.responseHeaders
-        out.removeHeader(b"server")
-        out.removeHeader(b"date")
-        for name, values in headers:
-            if name != b"content-length":
-                out.setRawHeaders(name, values)
-        for name, value in self.response_headers:
-            out.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    def response_failed(self, reason: Failure, *, received: bool) -> None:
+        conn, self.conn = self.conn, None
+        if self.done:
+            return
+        target = self._holding
+        assert target is not None
+        if not self._head_seen:
+            if (
+                conn is not None and conn.reused and not received and not self._fresh
+                and self.method in _RETRY_FRESH and self.request.body is None and not self.body
+            ):
+                # A kept-alive connection the upstream closed as the request
+                # went out: nothing was acted on; once more, on a fresh one.
+                self._fresh = True
+                self._targets.insert(0, target)
+                self._try()
+                return
+            target.failed(self.clock.seconds())
+            self.record.upstream_status = "error"
+            self._upstream_error(502, b"bad gateway\n", target, reason)
+            return
+        # Headers are out; the only honest signal left is to cut the
+        # connection so the client sees a truncated response.
+        self._upstream_ended = True
+        self._timer.cancel()
+        self.record.error = f"upstream body failed: {reason.getErrorMessage()}"
+        log.warn("upstream body failed: {error}", error=reason.getErrorMessage())
+        if self.channel.started:
+            self.channel.abort()
+            self._finish()
+        else:
+            self.answer(502, b"bad gateway\n")
 
-    # -- the way out --
+    # -- response filters ------------------------------------------------------
 
-    def answer(
-        self, code: int, body: bytes, headers: Optional[list[tuple[str, str]]] = None
-    ) -> None:
+    def _filter_response(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None:
+        route = self.route
+        assert route is not None and route.chain is not None and self.freq is not None
+        chain = route.chain
+        kept = end_to_end(headers, _RESPONSE_DROP)
+        if chain.wants_body:
+            self._collected = []
+        else:
+            # Hold the body while the filters look at the head.
+            self._held = []
+            self._paused = True
+            self._pause_upstream()
+
+        def run(_: Any) -> defer.Deferred[Any]:
+            body = b"".join(self._collected) if self._collected is not None else None
+            resp = FilterResponse(
+                status=status,
+                headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept],
+                body=body,
+            )
+            return chain.run_response(self.freq, resp)  # type: ignore[arg-type]
+
+        def write(result: tuple[FilterResponse, list[FilterDecision]]) -> None:
+            resp, decisions = result
+            self.record.decisions.extend(decisions)
+            if self.done:
+                return
+            out = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in resp.headers] + self.response_headers
+            phrase = reason if resp.status == status else _wire.reason_phrase(resp.status)
+            if self._collected is not None or resp.body is not None:
+                body = resp.body if resp.body is not None else b"".join(self._collected or ())
+                self._collected = None
+                if self._held is not None:
+                    self._held = None
+                    self._drop_upstream()  # its body is replaced
+                self.channel.respond(resp.status, phrase, out, length=len(body), body=body)
+                self._finish()
+                return
+            held, self._held = self._held or [], None
+            self.channel.respond(resp.status, phrase, out, length=length)
+            for data in held:
+                self.channel.write(data)
+            if self._upstream_ended:
+                self.channel.finish()
+                self._finish()
+                return
+            self.channel.pause_upstream_with(self)
+            self.resumeProducing()
+
+        if chain.wants_body:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self._when_collected = d
+        else:
+            d = defer.succeed(None)
+        d.addCallback(run)
+        d.addCallback(write)
+        d.addErrback(self._internal_error)
+
+    # -- backpressure from the client (IPushProducer) ----------------------
+
+    def _pause_upstream(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.pauseProducing()
+
+    def _resume_upstream(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._pause_upstream()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._last_upstream = self.clock.seconds()
+        self._resume_upstream()
+
+    def stopProducing(self) -> None:
+        self._drop_upstream()
+
+    # -- the way out -----------------------------------------------------------
+
+    def answer(self, code: int, body: bytes, headers: Optional[list[Header]] = None) -> None:
         """Answer the client from the gateway itself (errors, filter answers)."""
         if self.done:
             return
-        request = self.request
-        request.setResponseCode(code)
-        out = request.responseHeaders
-        out.removeHeader(b"server")
-        names = set()
-        for name, value in headers or ():
-            names.add(name.lower())
-            out.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        if "content-type" not in names:
-            out.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
-        out.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        request.write(body)
-        request.finish()
+        if self.channel.started:
+            self.channel.abort()
+            self._finish()
+            return
+        out = list(headers or ())
+        if not any(name.lower() == b"content-type" for name, _ in out):
+            out.append(_TEXT)
+        self.channel.respond(code, _wire.reason_phrase(code), out, length=len(body), body=body)
+        self._finish()
 
     def _internal_error(self, reason: Failure) -> None:
         if self.done and reason.check(defer.CancelledError):
-            return  # the client left and _finished cancelled the filter call
+            return  # the client left and the filter call was cancelled
         log.failure("internal error while proxying", reason)
-        self.info.error = reason.getErrorMessage()
-        if not self.done and not self.request.startedWriting:
-            self.answer(500, b"internal gateway error\n")
-        elif not self.done:
-            self.request.loseConnection()
+        self.record.error = reason.getErrorMessage()
+        if self.done:
+            return
+        self._drop_upstream()
+        self.answer(500, b"internal gateway error\n")
 
-    def _finished(self, result: Any) -> None:
-        """The client got its answer, or went away: stop all work for it."""
+    def note_error(self, text: str) -> None:
+        """The wire protocol's word on why it is ending this exchange."""
+        self.record.error = text
+
+    def client_gone(self) -> None:
+        """The client's connection closed before its response was done."""
+        if self.done:
+            return
+        if not self.record.error:
+            self.record.error = "client closed the connection"
+        self._finish(status=499 if not self.channel.started else None)
+
+    def _finish(self, *, status: Optional[int] = None) -> None:
+        """The exchange is over (answered, cut, or the client left): let go of everything."""
+        if self.done:
+            return
         self.done = True
-        self._release_target()
-        self.generation.request_finished()
-        if self.route is not None and self.route.chain is not None and self.freq is not None:
-            # http-wasm filters hold an instance per request until now.
-            self.route.chain.release(self.freq)
-        if self.pending is not None:
+        self._timer.cancel()
+        if not self._upstream_ended:
+            self._drop_upstream()
+        elif self.pending is not None:
             pending, self.pending = self.pending, None
             pending.cancel()
-        if self.body_transport is not None:
-            self.body_transport.stopProducing()
-            self.body_transport = None
+        self._release_target()
+        self.generation.request_finished()
+        route = self.route
+        if route is not None and route.chain is not None and self.freq is not None:
+            route.chain.release(self.freq)  # http-wasm filters hold an instance until now
+        record = self.record
+        channel = self.channel
+        record.status = status or channel.status or 499
+        record.bytes = channel.sent_bytes
+        ua = self.request.header(b"user-agent")
+        if ua is not None:
+            record.user_agent = ua.decode("latin-1")
+        self.gateway.record(record)
 
 
 def _describe(reason: Failure) -> str:
-    """
-    One line on why an upstream request failed; Twisted's client wraps the
-    real causes (refused, TLS verification, reset) in a list.
-    """
-    causes = getattr(reason.value, "reasons", None)
-    if causes:
-        return "; ".join(
-            f"{type(c.value).__name__}: {c.getErrorMessage()}" if isinstance(c, Failure) else str(c)
-            for c in causes
-        )
+    """One line on why an upstream request failed."""
     return f"{type(reason.value).__name__}: {reason.getErrorMessage()}"
-
-
-def _connection_named(response: IResponse) -> tuple[bytes, ...]:
-    """
-    The header names the upstream's Connection header lists: hop-by-hop.
-
-    Twisted's client keeps Connection out of C{response.headers}; its parser
-    still holds it while the body is unread. (Private, hence the fallback.)
-    """
-    transport = getattr(getattr(response, "_transport", None), "_producer", None)
-    protocol = getattr(transport, "protocol", None)
-    for _ in range(3):  # endpoint and TLS wrappers
-        protocol = getattr(protocol, "_wrappedProtocol", None) or getattr(
-            protocol, "wrappedProtocol", protocol
-        )
-    headers = getattr(getattr(protocol, "_parser", None), "connHeaders", None)
-    if headers is None:
-        return ()
-    return tuple(
-        token.strip().lower()
-        for value in headers.getRawHeaders(b"connection", ())
-        for token in value.split(b",")
-    )
-
-
-class _BodyRelay(Protocol, TimeoutMixin):
-    """
-    Streams an upstream body to the client, pausing one for the other; an
-    upstream that sends nothing for the route's timeout is given up on.
-    """
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self.exchange = exchange
-        self.producer: Optional[_Backpressure] = None
-        self.callLater = exchange.reactor.callLater  # TimeoutMixin's clock
-
-    def connectionMade(self) -> None:
-        exchange = self.exchange
-        if exchange.done:
-            self.transport.stopProducing()
-            return
-        self.setTimeout(exchange._upstream_timeout())
-        self.producer = producer = _Backpressure(
-            self.transport,
-            clock=exchange.reactor,
-            timeout=exchange.generation.config.server.timeouts.write,
-            on_stall=self._stalled,
-        )
-        exchange.body_transport = producer
-        exchange.request.registerProducer(producer, True)
-
-    def _stalled(self) -> None:
-        """The client read nothing for the write timeout: give up on it."""
-        exchange = self.exchange
-        exchange.info.error = "client stopped reading (write timeout)"
-        log.info("client stopped reading for {t}s: closing", t=exchange.generation.config.server.timeouts.write)
-        transport = exchange.request.channel.transport if exchange.request.channel else None
-        if transport is not None:
-            transport.abortConnection()
-
-    def timeoutConnection(self) -> None:
-        if self.producer is not None and self.producer.paused:
-            self.setTimeout(self.timeOut)  # the client is slow, not the upstream
-            return
-        self.exchange._upstream_stalled()
-        self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        if not self.exchange.done:
-            self.exchange.request.write(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        exchange = self.exchange
-        exchange.body_transport = None
-        self.setTimeout(None)
-        if self.producer is not None:
-            self.producer.cancel_stall_timer()
-        if exchange.done:
-            return
-        request = exchange.request
-        request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
-            request.finish()
-        else:
-            # Headers are out; the only honest signal left is to cut the
-            # connection so the client sees a truncated response.
-            exchange.info.error = f"upstream body failed: {reason.getErrorMessage()}"
-            log.warn("upstream body failed: {error}", error=reason.getErrorMessage())
-            request.loseConnection()
-
-
-@implementer(IPushProducer)
-class _Backpressure:
-    """
-    The upstream body's producer as the client connection sees it: pausing
-    it pauses the upstream, and a pause longer than C{timeout} (the client
-    read nothing meanwhile) calls C{on_stall}. twisted.web suspends its idle
-    timeout while a response is being written, so without this a client
-    that stops reading would hold the connection, and an upstream one,
-    forever.
-    """
-
-    def __init__(
-        self, upstream: Any, *, clock: IReactorTime, timeout: float, on_stall: Callable[[], None]
-    ) -> None:
-        self._upstream = upstream
-        self._clock = clock
-        self._timeout = timeout
-        self._on_stall = on_stall
-        self._timer: Any = None
-
-    def pauseProducing(self) -> None:
-        self._upstream.pauseProducing()
-        if self._timer is None:
-            self._timer = self._clock.callLater(self._timeout, self._stall)
-
-    def resumeProducing(self) -> None:
-        self.cancel_stall_timer()
-        self._upstream.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.cancel_stall_timer()
-        self._upstream.stopProducing()
-
-    @property
-    def paused(self) -> bool:
-        """Whether the client's connection has paused the upstream body."""
-        return self._timer is not None
-
-    def cancel_stall_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _stall(self) -> None:
-        self._timer = None
-        self._upstream.stopProducing()
-        self._on_stall()
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _BodyStalled(Exception):
-    pass
-
-
-class _Collect(Protocol, TimeoutMixin):
-    """
-    Buffers a body for response filters, up to a limit; an upstream that
-    sends nothing for the route's timeout fails it with L{_BodyStalled}.
-    """
-
-    def __init__(self, done: defer.Deferred[Optional[bytes]], limit: int, *, exchange: _Exchange) -> None:
-        self.done = done
-        self.limit = limit
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.exchange = exchange
-        self.stalled = False
-        self.callLater = exchange.reactor.callLater  # TimeoutMixin's clock
-
-    def connectionMade(self) -> None:
-        self.setTimeout(self.exchange._upstream_timeout())
-
-    def timeoutConnection(self) -> None:
-        self.stalled = True
-        self.exchange._upstream_stalled()
-        self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        self.size += len(data)
-        if self.size > self.limit:
-            self.transport.stopProducing()
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        self.setTimeout(None)
-        if self.stalled:
-            self.done.errback(_BodyStalled())
-        elif self.size > self.limit:
-            self.done.errback(_BodyTooLarge())
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self.parts))
-        else:
-            self.done.errback(reason)
-
-
-class _Discard(Protocol):
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Generic, Optional, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 from wasmgate.config import RouteConfig
 
@@ -19,6 +20,38 @@ _REFUSED_ESCAPES = {"2F": "an encoded '/'", "5C": "an encoded '\\'", "00": "an e
 
 class BadPath(ValueError):
     """A request path the gateway refuses (400) rather than guess at."""
+
+
+class BadTarget(ValueError):
+    """A request target the gateway refuses (400)."""
+
+
+def split_target(target: bytes, host_header: Optional[bytes]) -> tuple[str, str, str]:
+    """
+    The host, raw path and query a request is for: one source of truth for
+    routing, filters, logs and the upstream request.
+
+    An origin-form target (C{/path?query}) is for the C{Host} header's
+    host; an absolute-form one (C{http://host/path}) names its own, which
+    replaces C{Host} (RFC 9112 3.2.2). A fragment is never part of a
+    request target: routed one way and forwarded another, it would walk
+    around a route's filters, so it is refused, as Envoy does.
+
+    @raise BadTarget: for a fragment, or any other form of target.
+    """
+    text = target.decode("latin-1")
+    if "#" in text:
+        raise BadTarget("a fragment ('#') is not part of a request target")
+    if text.startswith("/"):
+        path, _, query = text.partition("?")
+        return (host_header.decode("latin-1") if host_header else ""), path, query
+    scheme = text[:8].lower()
+    if scheme.startswith(("http://", "https://")):
+        parts = urlsplit(text)
+        if not parts.netloc or "@" in parts.netloc:
+            raise BadTarget("an absolute-form target needs a host (and no user info)")
+        return parts.netloc, parts.path or "/", parts.query
+    raise BadTarget("expected /path or http://host/path")
 
 
 def normalize_path(raw: str) -> str:
@@ -89,7 +122,7 @@ class Router(Generic[R]):
             entries.sort(key=lambda entry: -len(entry[0].path_prefix))
 
     def match(self, host: str, path: str) -> Optional[tuple[RouteConfig, R]]:
-        host = _strip_port(host.lower())
+        host = _strip_port(host.lower()).rstrip(".")
         candidates = [host]
         if "." in host:
             candidates.append("*." + host.split(".", 1)[1])

@@ -17,10 +17,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from wasmgate.accesslog import FileSink, log_sink
+from wasmgate.accesslog import AccessSink, FileSink, access_line, log_sink
 from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 from wasmgate.filterpool import FilterThreadPool
 from wasmgate.generation import Generation, build_generation
+from wasmgate.http.message import RequestRecord
+from wasmgate.http.server import HTTPServerFactory, ServerSettings
 from wasmgate.metrics import GatewayMetrics
 from wasmgate.systemd import Notifier
 from wasmgate.tls import (
@@ -31,8 +33,7 @@ from wasmgate.tls import (
     certificate_specs,
     tls_endpoint,
 )
-from wasmgate.proxy import ProxyResource
-from wasmgate.site import GatewaySite, QuietSite
+from wasmgate.proxy import Gateway
 
 log = Logger()
 
@@ -67,7 +68,6 @@ class GatewayService(service.MultiService):
         self.filter_pool = FilterThreadPool(
             minthreads=0, maxthreads=config.filters.threads, name="wasmgate-filters"
         )
-        self.cooperator = task.Cooperator(scheduler=lambda x: reactor.callLater(0, x))
         self._wasm: Optional[Any] = None
         self._generations = 0
         self._plugin_watch = task.LoopingCall(self._check_plugins)
@@ -91,14 +91,23 @@ class GatewayService(service.MultiService):
         self.access_file: Optional[FileSink] = None
         if config.access_log not in ("log", "off"):
             self.access_file = FileSink(config.access_log, reactor=reactor)
-        self.site = GatewaySite(
-            ProxyResource(generation=lambda: self.generation, reactor=reactor),
-            reactor=reactor,
-            max_body_bytes=config.server.max_body_bytes,
-            idle_timeout=config.server.timeouts.idle,
-            read_timeout=config.server.timeouts.read,
-            access_log={"log": log_sink, "off": None}.get(config.access_log, self.access_file),
-            observers=[self.metrics.request_done],
+        self.access_log: Optional[AccessSink] = {"log": log_sink, "off": None}.get(
+            config.access_log, self.access_file
+        )
+        self.observers: list[Callable[[RequestRecord, float], None]] = [self.metrics.request_done]
+        """Called with every request's record and duration (metrics, tests)."""
+        self.settings = _server_settings(config)
+        self.gateway = Gateway(
+            generation=lambda: self.generation,
+            clock=reactor,
+            record=self._record,
+            max_body_bytes=lambda: self.settings.max_body_bytes,
+        )
+        self.http = HTTPServerFactory(
+            clock=reactor,
+            settings=self.settings,
+            start_exchange=self.gateway.start_exchange,
+            refused=self._record,
         )
         self._tls_metrics_instance: Optional[TLSMetrics] = None
         self.certificates: Optional[CertificateStore] = None
@@ -119,20 +128,29 @@ class GatewayService(service.MultiService):
                 ) from None
             if self._certificate_slot is not None:
                 endpoint = tls_endpoint(endpoint, self._certificate_slot)
-            listener = StreamServerEndpointService(endpoint, self.site)
+            listener = StreamServerEndpointService(endpoint, self.http)
             listener._raiseSynchronously = True  # a busy port stops the start, as with strports
             listener.setServiceParent(self)
             self.listeners.append(listener)
         if config.admin.listen:
-            from wasmgate.admin import AdminResource
+            from wasmgate.admin import AdminResource, admin_site
 
             admin = strports.service(
                 config.admin.listen,
-                QuietSite(AdminResource(gateway=self), reactor=reactor),
+                admin_site(AdminResource(gateway=self), reactor=reactor),
                 reactor=reactor,
             )
             admin.setServiceParent(self)
             self.admin = admin
+
+    def _record(self, record: RequestRecord) -> None:
+        """A request is over: metrics, then one access-log line."""
+        duration = self.reactor.seconds() - record.started
+        for observe in self.observers:
+            observe(record, duration)
+        sink = self.access_log
+        if sink is not None:
+            sink(access_line(record, duration))
 
     # -- building --
 
@@ -154,7 +172,6 @@ class GatewayService(service.MultiService):
             filters=filters,
             make_chain=lambda chain, overrides: self._wasm_runtime(config).make_chain(chain, overrides),
             tls_policy=self._tls_policy,
-            cooperator=self.cooperator,
         )
 
     def _current_filters(self) -> dict[str, Any]:
@@ -309,7 +326,7 @@ class GatewayService(service.MultiService):
         # generation and on any a recent reload retired.
         for listener in self.listeners:
             yield listener.stopService()
-        self.site.drain()
+        self.http.drain()
         generation = self.generation
         running = [generation, *self._retired]
         in_flight = sum(g.in_flight for g in running)
@@ -319,14 +336,16 @@ class GatewayService(service.MultiService):
                 n=in_flight,
                 timeout=self.config.server.shutdown_timeout,
             )
-            drained = defer.gatherResults([g.drained() for g in running])
-            drained.addTimeout(self.config.server.shutdown_timeout, self.reactor)
-            try:
-                yield drained
-            except defer.TimeoutError:
-                log.warn(
-                    "shutdown timeout: {n} request(s) cut off", n=sum(g.in_flight for g in running)
-                )
+        # Requests done on every generation, and their answers flushed.
+        drained = defer.gatherResults([g.drained() for g in running] + [self.http.closed()])
+        drained.addTimeout(self.config.server.shutdown_timeout, self.reactor)
+        try:
+            yield drained
+        except defer.TimeoutError:
+            log.warn(
+                "shutdown timeout: {n} request(s) cut off", n=sum(g.in_flight for g in running)
+            )
+            self.http.abort_all()
         yield generation.stop_health_checks()
         yield service.MultiService.stopService(self)
         if self.certificates is not None:
@@ -431,10 +450,9 @@ class GatewayService(service.MultiService):
         for new requests, the filter thread count, certificates for new
         handshakes, where access-log lines go.
         """
-        site = self.site
-        site.max_body_bytes = config.server.max_body_bytes
-        site.read_timeout = config.server.timeouts.read
-        site.timeOut = config.server.timeouts.idle  # connections made from now on
+        new = _server_settings(config)
+        for key, value in vars(new).items():
+            setattr(self.settings, key, value)
         if config.filters.threads != self.config.filters.threads:
             self.filter_pool.adjustPoolsize(maxthreads=config.filters.threads)
         if settings.certificates is not None:
@@ -446,7 +464,7 @@ class GatewayService(service.MultiService):
                 self.certificates.start_watching(self.reactor, config.server.tls.watch_interval)  # type: ignore[union-attr]
         if config.access_log != self.config.access_log:
             old_file, self.access_file = self.access_file, settings.access_file
-            site.access_log = {"log": log_sink, "off": None}.get(config.access_log, self.access_file)
+            self.access_log = {"log": log_sink, "off": None}.get(config.access_log, self.access_file)
             if self.access_file is not None and self.running:
                 self.access_file.start()
             if old_file is not None:
@@ -476,6 +494,16 @@ def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
     for key, value in _RESTART_ONLY:
         if value(old) != value(new):
             log.warn("{key} changed: takes effect only after a restart", key=key)
+
+
+def _server_settings(config: GatewayConfig) -> ServerSettings:
+    server = config.server
+    return ServerSettings(
+        max_body_bytes=server.max_body_bytes,
+        read_timeout=server.timeouts.read,
+        idle_timeout=server.timeouts.idle,
+        write_timeout=server.timeouts.write,
+    )
 
 
 def _with_backlog(description: str) -> str:

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_proxy,tests.test_health -*-
 """
-Upstreams: their targets, which target a request goes to, and the shared
-L{Agent} and keep-alive L{HTTPConnectionPool} that carry it there.
+Upstreams: their targets (with the endpoint each is reached through) and
+which target a request goes to. Requests travel over the generation's
+L{wasmgate.http.upstream.UpstreamPool}; health checks use an L{Agent} of
+their own (they are not on the hot path).
 """
 from __future__ import annotations
 
@@ -11,16 +13,20 @@ import zlib
 from typing import Any, Callable, Iterator, Optional, Sequence
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import (
     URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
-    _HTTP11ClientFactory,
-    _StandardEndpointFactory,
 )
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
@@ -37,12 +43,21 @@ class Target:
     over while another one is available.
     """
 
-    def __init__(self, url: str, *, eject_after: int, eject_for: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        eject_after: int,
+        eject_for: float,
+        endpoint: Optional[IStreamClientEndpoint] = None,
+    ) -> None:
         self.url = url
         parts = urlsplit(url)
         self.scheme = parts.scheme
         self.netloc = parts.netloc
         self.host = parts.hostname or ""
+        self.endpoint = endpoint
+        """How a connection to it is made (TCP, or TLS around it)."""
         self.healthy = True
         """Set by active health checks; an unhealthy target gets no traffic."""
         self.active = 0
@@ -104,12 +119,21 @@ class Upstream:
         *,
         agent: IAgent,
         clock: IReactorTime,
+        endpoints: Optional[Callable[[str], IStreamClientEndpoint]] = None,
+        health_pool: Optional[HTTPConnectionPool] = None,
     ) -> None:
         self.name = config.name
+        self._health_pool = health_pool
         self.config = config
         self.agent = agent
+        """For health checks."""
         self.targets = [
-            Target(url, eject_after=config.eject_after_failures, eject_for=config.eject_for)
+            Target(
+                url,
+                eject_after=config.eject_after_failures,
+                eject_for=config.eject_for,
+                endpoint=endpoints(url) if endpoints is not None else None,
+            )
             for url in config.targets
         ]
         self._clock = clock
@@ -122,6 +146,12 @@ class Upstream:
 
     def now(self) -> float:
         return self._clock.seconds()
+
+    def close(self) -> "Deferred[None]":
+        """Close the health checks' kept-alive connections."""
+        if self._health_pool is None:
+            return succeed(None)
+        return self._health_pool.closeCachedConnections()
 
     def all_down(self) -> bool:
         return not any(t.healthy for t in self.targets)
@@ -166,28 +196,10 @@ class Upstream:
         return [self.targets[(start + i) % n] for i in range(n)]
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """No "Starting factory" log line per upstream connection."""
-
-    noisy = False
-
-
-def make_pool(
-    reactor: object, *, max_per_host: int, idle_timeout: float = 60.0
-) -> HTTPConnectionPool:
-    """
-    The one keep-alive pool every upstream request goes through.
-    """
+def _health_pool(reactor: object) -> HTTPConnectionPool:
+    """Health checks keep one connection per target alive between checks."""
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
-    pool.maxPersistentPerHost = max_per_host
-    pool.cachedConnectionTimeout = idle_timeout
-    # A kept-alive connection the upstream closed just as a request went out
-    # fails with nothing received: Twisted then retries a body-less GET,
-    # HEAD, OPTIONS, DELETE or TRACE once on a fresh connection to the same
-    # target (never after a cancel, never once an answer began). Retrying
-    # on another target after a connect failure is the gateway's decision.
-    pool.retryAutomatically = True
+    pool.maxPersistentPerHost = 1
     return pool
 
 
@@ -198,14 +210,17 @@ class _TargetEndpoints:
     plain TCP endpoint (no resolver thread, no Happy Eyeballs delay, so a
     refused connection fails at once and the retry on another target is
     quick); a name goes through Twisted's L{HostnameEndpoint} as usual.
+    TLS targets get the upstream's verification policy wrapped around.
     """
 
     def __init__(self, reactor: Any, policy: IPolicyForHTTPS, connect_timeout: float) -> None:
         self._reactor = reactor
         self._policy = policy
         self._timeout = connect_timeout
-        self._standard = _StandardEndpointFactory(reactor, policy, connect_timeout, None)
         self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def for_url(self, url: str) -> IStreamClientEndpoint:
+        return self.endpointForURI(URI.fromBytes(url.encode("ascii")))
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         # The Agent asks for every request, pooled or not: build each once.
@@ -218,11 +233,14 @@ class _TargetEndpoints:
     def _endpoint(self, uri: URI) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
         try:
-            address = ipaddress.ip_address(host)
+            address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            return self._standard.endpointForURI(uri)
-        tcp = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
-        endpoint = tcp(self._reactor, host, uri.port, timeout=self._timeout)
+            endpoint: IStreamClientEndpoint = HostnameEndpoint(
+                self._reactor, uri.host, uri.port, timeout=self._timeout
+            )
+        else:
+            tcp = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+            endpoint = tcp(self._reactor, str(address), uri.port, timeout=self._timeout)
         if uri.scheme == b"https":
             return wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
@@ -232,20 +250,21 @@ def make_upstreams(
     configs: dict[str, UpstreamConfig],
     *,
     reactor: object,
-    pool: HTTPConnectionPool,
     connect_timeout: float,
     tls_policy: Callable[[UpstreamConfig], Optional[IPolicyForHTTPS]],
 ) -> dict[str, Upstream]:
     """
-    An L{Upstream} per config, all sharing C{pool}; C{tls_policy} gives the
-    HTTPS verification policy of an upstream (None: Twisted's default).
+    An L{Upstream} per config; C{tls_policy} gives the HTTPS verification
+    policy of an upstream (None: Twisted's default).
     """
     upstreams = {}
     for name, config in configs.items():
         policy = tls_policy(config) or BrowserLikePolicyForHTTPS()
-        agent = Agent.usingEndpointFactory(
-            reactor, _TargetEndpoints(reactor, policy, connect_timeout), pool=pool
+        endpoints = _TargetEndpoints(reactor, policy, connect_timeout)
+        pool = _health_pool(reactor)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        upstreams[name] = Upstream(
+            config, agent=agent, clock=reactor, endpoints=endpoints.for_url,  # type: ignore[arg-type]
+            health_pool=pool,
         )
-        upstreams[name] = Upstream(config, agent=agent, clock=reactor)  # type: ignore[arg-type]
     return upstreams
-

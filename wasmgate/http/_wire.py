@@ -1,0 +1,56 @@
+# -*- test-case-name: tests.test_http_server -*-
+"""
+Bytes on the wire shared by the server and the upstream client: status
+lines, header blocks, chunked framing and the Date header.
+"""
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Iterable
+
+_PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+_PHRASES[429] = b"Too Many Requests"
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase of C{status} (RFC 9110), or C{Unknown}."""
+    return _PHRASES.get(status, b"Unknown")
+
+
+def header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """C{name: value} lines, each ending in CRLF."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class DateCache:
+    """
+    The IMF-fixdate of the current second, formatted once a second rather
+    than once a response.
+    """
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def value(self, now: float) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._value = formatdate(second, usegmt=True).encode("ascii")
+        return self._value
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,323 @@
+# -*- test-case-name: tests.test_http_upstream -*-
+"""
+The upstream side: keep-alive connections to targets, one request at a
+time each, responses parsed with llhttp (C{httptools}).
+
+L{UpstreamPool} hands out a kept-alive idle connection to a target (most
+recently used first) or connects a new one through the target's Twisted
+endpoint (TCP, or TLS wrapped around it); a connection whose response
+ended cleanly and that both sides keep alive goes back to it, and one idle
+for longer than the idle timeout is closed. L{UpstreamConnection} writes a
+request head, streams or writes its body, and reports the response to a
+L{ResponseHandler}: its head, body pieces, and its end or failure.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Protocol as TypingProtocol
+
+import httptools
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from wasmgate.http import _wire
+from wasmgate.http._timers import Deadline
+from wasmgate.http.message import Header
+
+if TYPE_CHECKING:
+    from wasmgate.upstream import Target
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream's response broke HTTP/1.1 framing (502)."""
+
+
+class ResponseHandler(TypingProtocol):
+    """Who a response is reported to (the exchange core)."""
+
+    def response_head(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None: ...
+
+    def response_data(self, data: bytes) -> None: ...
+
+    def response_done(self) -> None: ...
+
+    def response_failed(self, reason: Failure, *, received: bool) -> None:
+        """
+        The connection failed before the response ended; C{received} says
+        whether any byte of a response had come (else a request on a
+        kept-alive connection may be retried on a fresh one).
+        """
+
+
+class UpstreamConnection(Protocol):
+    """One connection to a target, carrying one request at a time."""
+
+    def __init__(self, pool: "UpstreamPool", key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.reused = False
+        """Whether it carried a request before the current one."""
+        self.connected = False
+        self._handler: Optional[ResponseHandler] = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[Header] = []
+        self._reason = b""
+        self._received = False
+        self._head_only = False
+        self._head_done = False
+        self._length: Optional[int] = None
+        self._close_delimited = False
+        self._chunked_body = False
+        self._body_sent = True
+        self._broken = False
+        self._head_version = "1.1"
+        self.idle_since = 0.0
+        self._idle_deadline: Optional[Deadline] = None
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, head: bytes, handler: ResponseHandler, *, head_only: bool, chunked_body: bool = False, body_follows: bool = False) -> None:
+        """
+        Write a request head (with its whole body, if any, in C{head});
+        with C{body_follows}, the body comes through L{write_body} and
+        L{end_body} (chunk-encoded here when C{chunked_body}).
+        """
+        self._handler = handler
+        self._head_only = head_only
+        self._chunked_body = chunked_body
+        self._body_sent = not body_follows
+        self._received = False
+        self._head_done = False
+        self._headers = []
+        self.transport.write(head)
+
+    def write_body(self, data: bytes) -> None:
+        if self.transport is not None and data:
+            self.transport.write(_wire.chunk(data) if self._chunked_body else data)
+
+    def end_body(self) -> None:
+        self._body_sent = True
+        if self._chunked_body and self.transport is not None:
+            self.transport.write(_wire.LAST_CHUNK)
+
+    def abort(self) -> None:
+        """Give up on the request in flight: the connection is reset."""
+        self._handler = None
+        self._broken = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- receiving -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._handler is None:
+            # Nothing asked: an idle connection the upstream talks on is
+            # not one to reuse.
+            self._broken = True
+            self.transport.loseConnection()
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(Failure(UpstreamProtocolError("the upstream switched protocols unasked")))
+        except httptools.HttpParserError as e:
+            self._fail(Failure(UpstreamProtocolError(f"malformed response: {e}")))
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._head_done:
+            self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim (100 Continue, 103 Early Hints): the real one follows.
+            self._headers = []
+            self._reason = b""
+            return
+        self._head_done = True
+        length = None
+        chunked = False
+        for name, value in self._headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        self._length = length
+        no_body = self._head_only or status in (204, 304)
+        self._close_delimited = not no_body and length is None and not chunked
+        handler = self._handler
+        reason = self._reason or _wire.reason_phrase(status)
+        self._reason = b""
+        if handler is not None:
+            handler.response_head(status, reason, self._headers, length)
+        if self._head_only and self._handler is not None:
+            # llhttp cannot be told a response has no body: the next
+            # response gets a fresh parser (none can come before a request).
+            self._head_version = self._parser.get_http_version()
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete()
+
+    def on_body(self, data: bytes) -> None:
+        if self._handler is not None:
+            self._handler.response_data(data)
+        elif self._head_done and self._head_only:
+            # A body after a HEAD response: not a connection to reuse.
+            self._broken = True
+            self.pool.forget(self)
+            self.transport.loseConnection()
+
+    def on_message_complete(self) -> None:
+        if self._head_done and self._handler is not None:
+            self._complete()
+
+    def _complete(self) -> None:
+        handler, self._handler = self._handler, None
+        keep = self._body_sent and not self._broken
+        if self._head_only:
+            keep = keep and self._head_version == "1.1" and not _says_close(self._headers)
+        else:
+            keep = keep and not self._close_delimited and self._parser.should_keep_alive()
+        if handler is not None:
+            handler.response_done()
+        if keep and self.transport is not None:
+            self.pool.release(self)
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def _fail(self, reason: Failure) -> None:
+        handler, self._handler = self._handler, None
+        self._broken = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+        if handler is not None:
+            handler.response_failed(reason, received=self._received)
+
+    def connectionMade(self) -> None:
+        self.connected = True
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.connected = False
+        self.pool.forget(self)
+        if self._idle_deadline is not None:
+            self._idle_deadline.cancel()
+        handler, self._handler = self._handler, None
+        if handler is None:
+            return
+        if self._head_done and self._close_delimited:
+            handler.response_done()  # the body ended with the connection
+            return
+        handler.response_failed(reason, received=self._received)
+
+    # -- idle in the pool --------------------------------------------------
+
+    def went_idle(self, now: float, timeout: float) -> None:
+        self.reused = True
+        self.idle_since = now
+        self.transport.resumeProducing()  # it may have been paused by a slow client
+        if self._idle_deadline is None:
+            self._idle_deadline = Deadline(self.pool.clock, self._idle_check)
+        self._idle_deadline.at(now + timeout)
+
+    def _idle_check(self) -> None:
+        if self._handler is not None or not self.connected:
+            return
+        deadline = self.idle_since + self.pool.idle_timeout
+        if self.pool.clock.seconds() >= deadline:
+            self.pool.forget(self)
+            self.transport.loseConnection()
+        else:
+            self._idle_deadline.at(deadline)  # type: ignore[union-attr]
+
+    @property
+    def producer(self) -> IPushProducer:
+        """The transport: pausing it stops reading the upstream."""
+        return self.transport  # type: ignore[no-any-return]
+
+
+def _says_close(headers: list[Header]) -> bool:
+    for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            return True
+    return False
+
+
+class _ConnectionFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: "UpstreamPool", key: str) -> None:
+        self.pool = pool
+        self.key = key
+
+    def buildProtocol(self, addr: object) -> UpstreamConnection:
+        return UpstreamConnection(self.pool, self.key)
+
+
+class UpstreamPool:
+    """
+    Kept-alive connections to every target of one generation's upstreams.
+    """
+
+    def __init__(self, clock: IReactorTime, *, idle_timeout: float, max_idle_per_target: int = 64) -> None:
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_idle_per_target = max_idle_per_target
+        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._busy: set[UpstreamConnection] = set()
+        self._closed = False
+
+    def connection(self, target: "Target", *, fresh: bool = False) -> "Deferred[UpstreamConnection]":
+        """A connection to C{target}: a kept-alive one unless C{fresh}."""
+        if not fresh:
+            idle = self._idle.get(target.url)
+            while idle:
+                conn = idle.pop()
+                if conn.connected:
+                    self._busy.add(conn)
+                    return succeed(conn)
+        return self._connect(target.endpoint, target.url)
+
+    def _connect(self, endpoint: IStreamClientEndpoint, key: str) -> "Deferred[UpstreamConnection]":
+        d = endpoint.connect(_ConnectionFactory(self, key))
+
+        def connected(conn: UpstreamConnection) -> UpstreamConnection:
+            self._busy.add(conn)
+            return conn
+
+        return d.addCallback(connected)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """C{conn}'s response is done and it can carry another request."""
+        self._busy.discard(conn)
+        idle = self._idle.setdefault(conn.key, [])
+        if self._closed or len(idle) >= self.max_idle_per_target or conn.transport is None:
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+            return
+        conn.went_idle(self.clock.seconds(), self.idle_timeout)
+        idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """C{conn} closed (or is closing): never hand it out again."""
+        self._busy.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def close(self) -> "Deferred[None]":
+        """Close idle connections; busy ones close when their response ends."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in list(idle):
+                if conn.transport is not None:
+                    conn.transport.loseConnection()
+        self._idle.clear()
+        return succeed(None)
