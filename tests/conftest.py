@@ -54,6 +54,14 @@ def engine() -> Iterator[WasmEngine]:
     e.stop()
 
 
+def chain_of(filters: Any, pool: ThreadPool, **kw: Any) -> Any:
+    """A L{FilterChain} of C{filters} whose jobs run in C{pool}."""
+    from wasmgate.filterpool import BatchingRunner
+    from wasmgate.wasm.chain import FilterChain
+
+    return FilterChain(filters, runner=BatchingRunner(reactor, pool, workers=pool.max), **kw)
+
+
 @pytest.fixture
 def pool() -> Iterator[CountingPool]:
     """A filter thread pool of 4 that counts its jobs."""

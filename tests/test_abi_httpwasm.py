@@ -18,19 +18,72 @@ from twisted.python.threadpool import ThreadPool
 
 from tests import httpwasm_guests as h
 from tests import wasm_guests as g
-from tests.conftest import CountingPool
+from tests.conftest import CountingPool, chain_of
 from wasmgate.testing import load_wasm, make_request, memory_store
-from wasmgate.wasm.chain import FilterChain
+from wasmgate.wasm.chain import RequestRun
 from wasmgate.wasm.engine import WasmEngine
-from wasmgate.wasm.filter import FilterFailure, PluginLoadError, WasmFilter, select_abi
+from wasmgate.wasm.filter import FilterFailure, Pins, PluginLoadError, WasmFilter, select_abi
 from wasmgate.wasm.inspect import inspect_module
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
 
 AS_GUEST = os.path.join(os.path.dirname(__file__), "guests", "httpwasm_as", "httpwasm_as.wasm")
 
 
-def make(engine: WasmEngine, source: Any, name: str = "hw", **kw: Any) -> WasmFilter:
-    return WasmFilter(name=name, module=engine.compile(load_wasm(source)), engine=engine, **kw)
+class HeldFilter(WasmFilter):
+    """
+    A filter that, called without L{Pins} (as the filter-level tests here
+    do), keeps what each request pins itself, by request, until that
+    request's response phase.
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.held: dict[int, tuple[FilterRequest, Pins]] = {}
+
+    def run_request(self, req: FilterRequest, *, pins: Any = None, **kw: Any) -> Any:
+        if pins is None:
+            pins = self.held.setdefault(id(req), (req, Pins()))[1]
+        return super().run_request(req, pins=pins, **kw)
+
+    def run_response(self, req: FilterRequest, resp: FilterResponse, *, pins: Any = None, **kw: Any) -> Any:
+        if pins is None:
+            entry = self.held.pop(id(req), None)
+            pins = entry[1] if entry is not None else None
+        return super().run_response(req, resp, pins=pins, **kw)
+
+    def holds(self, req: FilterRequest) -> bool:
+        entry = self.held.get(id(req))
+        return entry is not None and entry[1].holds(self)
+
+
+def make(engine: WasmEngine, source: Any, name: str = "hw", **kw: Any) -> HeldFilter:
+    return HeldFilter(name=name, module=engine.compile(load_wasm(source)), engine=engine, **kw)
+
+
+class Chain:
+    """A L{FilterChain} driven by request, as these tests talk: each request's L{RequestRun}."""
+
+    def __init__(self, filters: list[WasmFilter], pool: Any, **kw: Any) -> None:
+        self.chain = chain_of(filters, pool, **kw)
+        self.runs: dict[int, tuple[FilterRequest, RequestRun]] = {}
+
+    def run(self, req: FilterRequest) -> RequestRun:
+        entry = self.runs.get(id(req))
+        if entry is None:
+            entry = self.runs[id(req)] = (req, self.chain.begin(req))
+        return entry[1]
+
+    def run_request(self, req: FilterRequest) -> Any:
+        return self.run(req).run_request()
+
+    def run_response(self, req: FilterRequest, resp: FilterResponse) -> Any:
+        return self.run(req).run_response(resp)
+
+    def release(self, req: FilterRequest) -> Any:
+        return self.run(req).finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.chain, name)
 
 
 def capture() -> tuple[Logger, list[dict]]:
@@ -91,7 +144,7 @@ def test_load_problems(engine: WasmEngine, wat: str, words: str) -> None:
 @pytest_twisted.inlineCallbacks
 def test_rewrite_method_uri_and_headers(engine: WasmEngine, pool: CountingPool):
     f = make(engine, h.REWRITE)
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     req = request(
         method="GET",
         path="/orig",
@@ -128,7 +181,7 @@ def test_rewrite_method_uri_and_headers(engine: WasmEngine, pool: CountingPool):
 @pytest_twisted.inlineCallbacks
 def test_answer_with_status_and_body(engine: WasmEngine, pool: CountingPool):
     f = make(engine, h.ANSWER)
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     outcome, decisions = yield chain.run_request(request())
     assert isinstance(outcome, Answer)
     assert (outcome.status, outcome.body, outcome.plugin) == (418, b"hello world", "hw")
@@ -148,7 +201,7 @@ def test_answer_with_status_and_body(engine: WasmEngine, pool: CountingPool):
 def test_read_and_rewrite_request_body(engine: WasmEngine, pool: CountingPool):
     f = make(engine, h.REQUEST_BODY)
     assert f.include_body  # buffer_request enabled at start-up turns it on
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     assert chain.wants_body
     req = request(method="POST", body=b"hello world")
     outcome, _ = yield chain.run_request(req)
@@ -163,7 +216,7 @@ def test_read_and_rewrite_request_body(engine: WasmEngine, pool: CountingPool):
 @pytest_twisted.inlineCallbacks
 def test_read_response_body_with_buffer_response(engine: WasmEngine, pool: CountingPool):
     f = make(engine, h.RESPONSE_BODY)
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     req = request()
     yield chain.run_request(req)
     resp, _ = yield chain.run_response(req, FilterResponse(200, [("content-type", "text/plain")], b"upstream body"))
@@ -173,7 +226,7 @@ def test_read_response_body_with_buffer_response(engine: WasmEngine, pool: Count
 
 @pytest_twisted.inlineCallbacks
 def test_header_names_longer_than_buffer(engine: WasmEngine, pool: CountingPool):
-    chain = FilterChain([make(engine, h.NAMES)], pool=pool, reactor=reactor)
+    chain = Chain([make(engine, h.NAMES)], pool)
     # With a body, as the gateway passes one when the chain buffers bodies
     # (without: test_features_enabled_per_request_only_if_bodies_buffered).
     req = request(
@@ -205,7 +258,7 @@ def test_features_enabled_per_request_only_if_bodies_buffered(engine: WasmEngine
     """
     f = make(engine, h.PER_REQUEST)
     assert not f.include_body  # the guest asked for nothing at start-up
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     for body, features in [(None, 0), (b"sent", 3), (None, 0), (b"", 3)]:
         req = request(headers={"x-enable": "1"}, body=body)
         outcome, _ = yield chain.run_request(req)
@@ -218,7 +271,7 @@ def test_features_enabled_per_request_only_if_bodies_buffered(engine: WasmEngine
 
     # include_body: true buffers every request's bodies.
     f = make(engine, h.PER_REQUEST, "buffered", include_body=True)
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     req = request(headers={"x-enable": "1"})
     outcome, _ = yield chain.run_request(req)
     assert h.hex_field(values(outcome.response_headers, "x-features")[0]) == 3
@@ -292,7 +345,7 @@ def test_absent_bodies_with_include_body_read_empty(engine: WasmEngine) -> None:
 def test_logging_and_config(engine: WasmEngine, pool: CountingPool):
     log, events = capture()
     f = make(engine, h.LOG_CONFIG, "logger", log=log, config={"greeting": "hi", "n": 2})
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     outcome, _ = yield chain.run_request(request())
     assert outcome.body == b'{"greeting":"hi","n":2}'
     assert values(outcome.headers, "x-log-enabled") == ["01110"]  # debug and none are off
@@ -306,7 +359,7 @@ def test_logging_and_config(engine: WasmEngine, pool: CountingPool):
 def test_assemblyscript_guest(engine: WasmEngine, pool: CountingPool):
     log, events = capture()
     f = make(engine, AS_GUEST, "as", log=log, config={"mode": "test"})
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     assert ("info", "assemblyscript guest ready") in messages(events)
     req = request(path="/x/y", query="a=b", headers=[("accept", "text/html"), ("accept", "*/*"), ("host", "h")])
     outcome, _ = yield chain.run_request(req)
@@ -386,10 +439,10 @@ def test_timeout_and_bad_next(engine: WasmEngine) -> None:
 def test_failure_policies(engine: WasmEngine, pool: CountingPool):
     lenient = make(engine, h.MISBEHAVING, "lenient", failure_policy="open")
     strict = make(engine, h.MISBEHAVING, "strict", failure_policy="closed")
-    outcome, decisions = yield FilterChain([lenient], pool=pool, reactor=reactor).run_request(request(method="TRAP"))
+    outcome, decisions = yield Chain([lenient], pool).run_request(request(method="TRAP"))
     assert isinstance(outcome, Continue)
     assert [(d.plugin, d.outcome) for d in decisions] == [("lenient", "skipped:trap")]
-    outcome, decisions = yield FilterChain([strict], pool=pool, reactor=reactor).run_request(request(method="TRAP"))
+    outcome, decisions = yield Chain([strict], pool).run_request(request(method="TRAP"))
     assert (outcome.status, outcome.body) == (502, b"Bad Gateway\n")
 
 
@@ -406,7 +459,7 @@ def test_instance_pinned_for_the_request(engine: WasmEngine):
     pool.start()
     try:
         f = make(engine, h.STATEFUL)
-        chain = FilterChain([f], pool=pool, reactor=reactor)
+        chain = Chain([f], pool)
         reqs = [request(headers={"x-id": "req-%d" % i}) for i in range(6)]
         yield gatherResults([chain.run_request(r) for r in reqs])
         assert f.pinned_count() == 6
@@ -434,7 +487,7 @@ def test_instance_pinned_for_the_request(engine: WasmEngine):
 def test_release_calls_handle_response_with_error(engine: WasmEngine, pool: CountingPool):
     log, events = capture()
     f = make(engine, h.STATEFUL, log=log)
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     req = request(headers={"x-id": "client-gone"})
     yield chain.run_request(req)
     jobs = pool.jobs
@@ -454,7 +507,7 @@ def test_release_while_request_phase_runs(engine: WasmEngine, pool: CountingPool
     """A release that comes before the request phase has pinned still releases it."""
     log, events = capture()
     f = make(engine, h.STATEFUL, log=log)
-    chain = FilterChain([f], pool=pool, reactor=reactor)
+    chain = Chain([f], pool)
     req = request(headers={"x-id": "early-release"})
     yield chain.release(req)
     yield chain.run_request(req)
@@ -463,12 +516,13 @@ def test_release_while_request_phase_runs(engine: WasmEngine, pool: CountingPool
 
 
 def test_unreleased_pin_dropped_with_request(engine: WasmEngine) -> None:
+    """A request's handle dropped without finish(): its instance goes too."""
     f = make(engine, h.STATEFUL)
     try:
-        req = request()
-        f.run_request(req)
+        pins = Pins()
+        f.run_request(request(), pins=pins)
         assert (f.pinned_count(), f.instance_count()) == (1, 1)
-        del req
+        del pins
         gc.collect()
         assert (f.pinned_count(), f.instance_count()) == (0, 0)
     finally:
@@ -495,7 +549,7 @@ def test_mixed_chain_json_and_httpwasm(engine: WasmEngine, pool: CountingPool):
     json_filter = make(engine, g.HEADER_REWRITE, "json", state=None)
     hw = make(engine, h.REWRITE, "hw")
     json_resp = make(engine, g.RESPONSE_HEADER, "json-resp")
-    chain = FilterChain([json_filter, hw, json_resp], pool=pool, reactor=reactor)
+    chain = Chain([json_filter, hw, json_resp], pool)
     req = request(path="/a", headers=[("host", "h")])
     outcome, decisions = yield chain.run_request(req)
     assert [(d.plugin, d.outcome) for d in decisions] == [
@@ -519,7 +573,7 @@ def test_mixed_chain_json_and_httpwasm(engine: WasmEngine, pool: CountingPool):
 @pytest_twisted.inlineCallbacks
 def test_later_answer_is_the_pinned_filters_response(engine: WasmEngine, pool: CountingPool):
     hw = make(engine, h.STATEFUL, "hw")
-    chain = FilterChain([hw, make(engine, g.BLOCK_403, "block", state=None)], pool=pool, reactor=reactor)
+    chain = Chain([hw, make(engine, g.BLOCK_403, "block", state=None)], pool)
     outcome, decisions = yield chain.run_request(request(headers={"x-id": "blocked"}))
     assert isinstance(outcome, Answer)
     assert (outcome.status, outcome.plugin) == (403, "block")
@@ -535,7 +589,7 @@ def test_later_failure_releases_with_error(engine: WasmEngine, pool: CountingPoo
     log, events = capture()
     hw = make(engine, h.STATEFUL, "hw", log=log)
     broken = make(engine, h.MISBEHAVING, "broken")
-    chain = FilterChain([hw, broken], pool=pool, reactor=reactor)
+    chain = Chain([hw, broken], pool)
     outcome, decisions = yield chain.run_request(request(method="TRAP", headers={"x-id": "failed-later"}))
     assert (outcome.status, [d.outcome for d in decisions]) == (502, ["continue", "failed:trap"])
     assert ("warn", "failed-later") in messages(events)

@@ -148,6 +148,8 @@ async def test_trap_and_bad_outputs(tmp_path, upstream, start_gateway, http):
     scrape = (await _get(http, gw.admin_url + "/metrics"))[1].decode()
     assert 'wasmgate_plugin_errors_total{kind="trap",plugin="bad"} 1.0' in scrape
     assert 'wasmgate_plugin_errors_total{kind="bad_output",plugin="bad"} 4.0' in scrape
+    # Every call is timed, failed ones too (from the chain's decisions).
+    assert 'wasmgate_plugin_duration_seconds_count{plugin="bad"} 5.0' in scrape
 
 
 @pytest_twisted.ensureDeferred

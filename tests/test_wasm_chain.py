@@ -15,9 +15,8 @@ from twisted.internet.defer import gatherResults
 from twisted.python.threadpool import ThreadPool
 
 from tests import wasm_guests as g
-from tests.conftest import CountingPool
+from tests.conftest import CountingPool, chain_of
 from wasmgate.state import MemoryCounterStore
-from wasmgate.wasm.chain import FilterChain
 from wasmgate.wasm.engine import WasmEngine
 from wasmgate.wasm.filter import WasmFilter
 from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterRequest, FilterResponse
@@ -25,21 +24,32 @@ from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterReque
 
 class Recorder:
     def __init__(self) -> None:
-        self.called: list[str] = []
         self.failed: list[tuple[str, str]] = []
-        self.threads: set[str] = set()
-
-    def plugin_called(self, plugin: str, seconds: float) -> None:
-        self.called.append(plugin)
-        self.threads.add(threading.current_thread().name)
 
     def plugin_failed(self, plugin: str, kind: str) -> None:
         self.failed.append((plugin, kind))
 
 
+class WatchedFilter(WasmFilter):
+    """A filter that notes which threads ran it, and what."""
+
+    def __init__(self, *, calls: list[tuple[str, str]], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.calls = calls
+
+    def run_request(self, *a: Any, **kw: Any) -> Any:
+        self.calls.append((self.name, threading.current_thread().name))
+        return super().run_request(*a, **kw)
+
+    def run_response(self, *a: Any, **kw: Any) -> Any:
+        self.calls.append((self.name, threading.current_thread().name))
+        return super().run_response(*a, **kw)
+
+
 def make(engine: WasmEngine, wat: str, name: str, **kw: Any) -> WasmFilter:
     kw.setdefault("state", MemoryCounterStore())
-    return WasmFilter(name=name, module=engine.compile(wasmtime.wat2wasm(wat)), engine=engine, **kw)
+    cls = WatchedFilter if "calls" in kw else WasmFilter
+    return cls(name=name, module=engine.compile(wasmtime.wat2wasm(wat)), engine=engine, **kw)
 
 
 def req(method: str = "GET") -> FilterRequest:
@@ -51,51 +61,49 @@ def outcomes(decisions: list[FilterDecision]) -> list[tuple[str, str]]:
 
 
 def test_empty_chain_does_not_hop(pool: CountingPool) -> None:
-    chain = FilterChain([], pool=pool, reactor=reactor)
+    chain = chain_of([], pool)
     r = req()
-    d = chain.run_request(r)
+    run = chain.begin(r)
     results: list[Any] = []
-    d.addCallback(results.append)
+    run.run_request().addCallback(results.append)
     assert results == [(Continue(r), [])]
     resp = FilterResponse(200, [])
-    chain.run_response(r, resp).addCallback(results.append)
+    run.run_response(resp).addCallback(results.append)
     assert results[1] == (resp, [])
+    run.finish().addCallback(results.append)
+    assert results[2] is None
     assert pool.jobs == 0
 
 
 @pytest_twisted.inlineCallbacks
 def test_one_hop_per_phase(engine: WasmEngine, pool: CountingPool):
-    rec = Recorder()
+    calls: list[tuple[str, str]] = []
     filters = [
-        make(engine, g.HEADER_REWRITE, "rewrite", observer=rec),
-        make(engine, g.RESPONSE_HEADER, "resp", observer=rec),
-        make(engine, g.PASS_THROUGH, "pass", observer=rec),
+        make(engine, g.HEADER_REWRITE, "rewrite", calls=calls),
+        make(engine, g.RESPONSE_HEADER, "resp", calls=calls),
+        make(engine, g.PASS_THROUGH, "pass", calls=calls),
     ]
-    chain = FilterChain(filters, pool=pool, reactor=reactor)
-    outcome, decisions = yield chain.run_request(req())
+    run = chain_of(filters, pool).begin(req())
+    outcome, decisions = yield run.run_request()
     assert pool.jobs == 1
     assert isinstance(outcome, Continue)
     assert outcome.request.path == "/rewritten"
     assert outcome.response_headers == [("x-from-filter", "1")]
     assert outcomes(decisions) == [("rewrite", "continue"), ("resp", "continue"), ("pass", "continue")]
     assert all(d.seconds > 0 for d in decisions)
-    resp, decisions = yield chain.run_response(outcome.request, FilterResponse(200, [("server", "x")], b""))
+    resp, decisions = yield run.run_response(FilterResponse(200, [("server", "x")], b""))
     assert pool.jobs == 2
     assert resp.headers == [("x-response-filtered", "yes")]
     assert outcomes(decisions) == [("resp", "continue")]
-    assert rec.called == ["rewrite", "resp", "pass", "resp"]
-    assert threading.current_thread().name not in rec.threads  # never on the reactor thread
+    assert [name for name, _ in calls] == ["rewrite", "resp", "pass", "resp"]
+    assert threading.current_thread().name not in {t for _, t in calls}  # never on the reactor thread
 
 
 @pytest_twisted.inlineCallbacks
 def test_answer_stops_chain(engine: WasmEngine, pool: CountingPool):
     store = MemoryCounterStore()
-    chain = FilterChain(
-        [make(engine, g.BLOCK_403, "block"), make(engine, g.COUNTER, "count", state=store)],
-        pool=pool,
-        reactor=reactor,
-    )
-    outcome, decisions = yield chain.run_request(req())
+    chain = chain_of([make(engine, g.BLOCK_403, "block"), make(engine, g.COUNTER, "count", state=store)], pool)
+    outcome, decisions = yield chain.begin(req()).run_request()
     assert isinstance(outcome, Answer) and outcome.status == 403 and outcome.plugin == "block"
     assert outcomes(decisions) == [("block", "answer")]
     assert store.get("count:hits") == 0
@@ -109,12 +117,12 @@ def test_failure_policies(engine: WasmEngine, pool: CountingPool):
     open_ = make(engine, g.MISBEHAVING, "lenient", failure_policy="open", observer=rec)
     counter = make(engine, g.COUNTER, "count", state=store)
 
-    outcome, decisions = yield FilterChain([open_, counter], pool=pool, reactor=reactor).run_request(req("TRAP"))
+    outcome, decisions = yield chain_of([open_, counter], pool).begin(req("TRAP")).run_request()
     assert isinstance(outcome, Continue)
     assert outcomes(decisions) == [("lenient", "skipped:trap"), ("count", "continue")]
     assert store.get("count:hits") == 1
 
-    outcome, decisions = yield FilterChain([closed, counter], pool=pool, reactor=reactor).run_request(req("LOOP"))
+    outcome, decisions = yield chain_of([closed, counter], pool).begin(req("LOOP")).run_request()
     assert isinstance(outcome, Answer)
     assert (outcome.status, outcome.body, outcome.plugin) == (502, b"Bad Gateway\n", "strict")
     assert outcome.headers == [("content-type", "text/plain; charset=utf-8")]
@@ -122,7 +130,7 @@ def test_failure_policies(engine: WasmEngine, pool: CountingPool):
     assert store.get("count:hits") == 1
 
     # Invalid output is a 500 whatever the policy.
-    outcome, decisions = yield FilterChain([open_, counter], pool=pool, reactor=reactor).run_request(req("JSON"))
+    outcome, decisions = yield chain_of([open_, counter], pool).begin(req("JSON")).run_request()
     assert isinstance(outcome, Answer) and outcome.status == 500
     assert outcome.body == b"Internal Server Error\n"
     assert outcomes(decisions) == [("lenient", "failed:bad_output")]
@@ -133,8 +141,8 @@ def test_failure_policies(engine: WasmEngine, pool: CountingPool):
 def test_response_phase_reverse_order_and_failure(engine: WasmEngine, pool: CountingPool):
     a = make(engine, g.RESPONSE_STATUS, "a")
     b = make(engine, g.RESPONSE_HEADER, "b")
-    chain = FilterChain([a, make(engine, g.PASS_THROUGH, "p"), b], pool=pool, reactor=reactor)
-    resp, decisions = yield chain.run_response(req(), FilterResponse(200, [("server", "s")], b"body"))
+    chain = chain_of([a, make(engine, g.PASS_THROUGH, "p"), b], pool)
+    resp, decisions = yield chain.begin(req()).run_response(FilterResponse(200, [("server", "s")], b"body"))
     assert outcomes(decisions) == [("b", "continue"), ("a", "continue")]
     assert (resp.status, resp.body) == (418, b"teapot\n")
     assert resp.headers == [("x-response-filtered", "yes")]
@@ -142,8 +150,8 @@ def test_response_phase_reverse_order_and_failure(engine: WasmEngine, pool: Coun
     # A response filter that fails under "closed" turns the response into a 502.
     broken = make(engine, g.RESPONSE_HEADER, "broken", state=None)
     broken.close()
-    chain = FilterChain([broken], pool=pool, reactor=reactor)
-    resp, decisions = yield chain.run_response(req(), FilterResponse(200, [], b"fine"))
+    chain = chain_of([broken], pool)
+    resp, decisions = yield chain.begin(req()).run_response(FilterResponse(200, [], b"fine"))
     assert (resp.status, resp.body) == (502, b"Bad Gateway\n")
     assert outcomes(decisions) == [("broken", "failed:load")]
 
@@ -154,8 +162,8 @@ def test_route_config_reaches_guest(engine: WasmEngine, pool: CountingPool):
 
     events: list[dict] = []
     f = make(engine, g.ECHO_LOG, "echo", log=Logger(namespace="t", observer=events.append))
-    chain = FilterChain([f], pool=pool, reactor=reactor, route_config={"echo": {"limit": 5}})
-    yield chain.run_request(req())
+    chain = chain_of([f], pool, route_config={"echo": {"limit": 5}})
+    yield chain.begin(req()).run_request()
     assert any('"route_config":{"limit":5}' in e.get("message", "") for e in events)
 
 
@@ -174,10 +182,10 @@ def test_calls_overlap_in_pool(engine: WasmEngine):
     pool.start()
     try:
         store = SleepyStore()
-        chain = FilterChain([make(engine, g.COUNTER, "slow", state=store)], pool=pool, reactor=reactor)
-        yield chain.run_request(req())  # instance on one thread already; others build lazily
+        chain = chain_of([make(engine, g.COUNTER, "slow", state=store)], pool)
+        yield chain.begin(req()).run_request()  # instance on one thread already; others build lazily
         started = time.monotonic()
-        results = yield gatherResults([chain.run_request(req()) for _ in range(4)])
+        results = yield gatherResults([chain.begin(req()).run_request() for _ in range(4)])
         elapsed = time.monotonic() - started
         assert all(isinstance(o, Continue) for o, _ in results)
         assert store.get("slow:hits") == 5
@@ -189,12 +197,12 @@ def test_calls_overlap_in_pool(engine: WasmEngine):
 @pytest_twisted.inlineCallbacks
 def test_counter_atomic_across_threads(engine: WasmEngine, pool: CountingPool):
     store = MemoryCounterStore()
-    chain = FilterChain([make(engine, g.COUNTER, "c", state=store)], pool=pool, reactor=reactor)
+    chain = chain_of([make(engine, g.COUNTER, "c", state=store)], pool)
     n_threads, m = 4, 50
 
     def batch() -> None:
         for _ in range(m):
-            chain.request_sync(req())
+            chain.begin(req()).request_sync()
 
     from twisted.internet.threads import deferToThreadPool
 

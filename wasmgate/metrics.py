@@ -12,8 +12,10 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
+
+from wasmgate._fastmetrics import CounterFamily, FastCollector, HistogramFamily
 
 if TYPE_CHECKING:
     from wasmgate.generation import Generation
@@ -54,39 +56,40 @@ class GatewayMetrics:
         self._paths: dict[str, set[str]] = {}
         self._labels: dict[tuple[str, str], str] = {}
         self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
-        self._plugin_children: dict[str, Any] = {}
         self._lock = threading.Lock()
         r = self.registry
-        self.requests = Counter(
-            "http_requests", "Requests answered", ["method", "route", "path", "status"], registry=r
+        # Counted on the reactor thread for every request: plain numbers
+        # (see _fastmetrics), not prometheus_client's locked values.
+        self.requests = CounterFamily(
+            "http_requests", "Requests answered", ["method", "route", "path", "status"]
         )
-        self.duration = Histogram(
+        self.duration = HistogramFamily(
             "http_request_duration_seconds",
             "Time from request to the end of the response",
             ["method", "route", "path"],
-            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.plugin_duration = Histogram(
+        self.plugin_duration = HistogramFamily(
             "wasmgate_plugin_duration_seconds",
             "Time one filter took on one request or response",
             ["plugin"],
-            registry=r,
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1),
         )
         self.plugin_errors = Counter(
             "wasmgate_plugin_errors", "Filter failures by kind", ["plugin", "kind"], registry=r
         )
-        self.upstream_requests = Counter(
+        self.upstream_requests = CounterFamily(
             "wasmgate_upstream_requests",
             "Requests sent to upstream targets, by the upstream's status (or error)",
             ["upstream", "target", "status"],
-            registry=r,
         )
         self.config_generation = Gauge(
             "wasmgate_config_generation", "Number of the live config generation", registry=r
         )
         self.reloads = Counter("wasmgate_reloads", "Config reloads", ["result"], registry=r)
+        r.register(
+            FastCollector(self.requests, self.duration, self.upstream_requests, self.plugin_duration)
+        )
         if generation is not None:
             r.register(_LiveCollector(generation))
 
@@ -122,21 +125,17 @@ class GatewayMetrics:
         path = self._path_label(route, info.path)
         key = (method, route, path, str(info.status))
         children = self._children.get(key)
-        if children is None:  # labels() validates and locks: once per series
+        if children is None:
             children = self._children[key] = (
                 self.requests.labels(*key),
                 self.duration.labels(method, route, path),
             )
-        children[0].inc()
+        children[0].value += 1
         children[1].observe(seconds)
         if info.target:
             self.upstream_requests.labels(info.upstream, info.target, info.upstream_status or "error").inc()
-
-    def plugin_called(self, plugin: str, seconds: float) -> None:
-        child = self._plugin_children.get(plugin)
-        if child is None:
-            child = self._plugin_children[plugin] = self.plugin_duration.labels(plugin)
-        child.observe(seconds)
+        for decision in info.decisions:
+            self.plugin_duration.labels(decision.plugin).observe(decision.seconds)
 
     def plugin_failed(self, plugin: str, kind: str) -> None:
         self.plugin_errors.labels(plugin, kind).inc()

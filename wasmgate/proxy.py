@@ -24,7 +24,6 @@ from zope.interface import implementer
 
 from wasmgate._headers import dropping, end_to_end, forwarded_for, forwarded_scheme_and_host
 from wasmgate.http import _wire
-from wasmgate.http._timers import Deadline
 from wasmgate.http.message import (
     BodyTimedOut,
     BodyTooLarge,
@@ -41,6 +40,7 @@ from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterReque
 
 if TYPE_CHECKING:
     from wasmgate.generation import Generation, RouteRuntime
+    from wasmgate.wasm.chain import RequestRun
 
 log = Logger()
 
@@ -90,6 +90,8 @@ class Exchange:
         self.record = RequestRecord(request.started)
         self.route: Optional["RouteRuntime"] = None
         self.freq: Optional[FilterRequest] = None
+        self.run: Optional["RequestRun"] = None
+        """The request's way through its route's filters."""
         self.done = False
         self.pending: Optional[defer.Deferred[Any]] = None
         # What goes upstream.
@@ -105,14 +107,13 @@ class Exchange:
         self._fresh = False
         self._head_seen = False
         self._sent_at = 0.0
-        self._last_upstream = 0.0
+        self._declared_length = False
         self._paused = False
         self._collected: Optional[list[bytes]] = None
         self._collected_size = 0
         self._held: Optional[list[bytes]] = None
         self._when_collected: Optional[defer.Deferred[None]] = None
         self._upstream_ended = False
-        self._timer = Deadline(self.clock, self._upstream_timer)
         generation.request_started()
 
     # -- the way in --------------------------------------------------------
@@ -152,38 +153,55 @@ class Exchange:
         self._run_request_filters(b"" if chain.wants_body else None)
 
     def _upstream_headers(self, route: "RouteRuntime", host: str) -> list[Header]:
-        """The client's end-to-end headers, Host first, X-Forwarded-* last."""
+        """
+        The client's end-to-end headers, Host first, X-Forwarded-* last:
+        one pass over what the client sent.
+        """
         request = self.request
-        server = self.generation.config.server
-        trusted = server.trusted_proxies
-        peer = request.peer_host
+        chain = route.chain
+        drop = _REQUEST_DROP
+        if chain is not None and chain.wants_body and chain.has_response_filters:
+            # The upstream then answers uncompressed: a redactor reads text, not gzip.
+            drop = _REQUEST_DROP_UNENCODED
+        out = [(b"host", host.encode("latin-1"))] if host else []
         xff_in: list[bytes] = []
         proto_in = host_in = None
-        for name, value in request.headers:
-            if name == b"x-forwarded-for":
-                xff_in.append(value)
-            elif name == b"x-forwarded-proto":
-                proto_in = proto_in or value
-            elif name == b"x-forwarded-host":
-                host_in = host_in or value
+        tokens: Optional[set[bytes]] = None
+        for header in request.headers:
+            name = header[0]
+            if name in drop:
+                if name == b"x-forwarded-for":
+                    xff_in.append(header[1])
+                elif name == b"x-forwarded-proto":
+                    proto_in = proto_in or header[1]
+                elif name == b"x-forwarded-host":
+                    host_in = host_in or header[1]
+                elif name == b"connection":
+                    tokens = tokens or set()
+                    tokens.update(t.strip().lower() for t in header[1].split(b","))
+                elif name == b"content-length":
+                    self._declared_length = True
+                continue
+            if name.startswith(b"proxy-"):
+                continue
+            if name == b"user-agent":
+                self.record.user_agent = header[1].decode("latin-1")
+            out.append(header)
+        if tokens:
+            out = [h for h in out if h[0] not in tokens]
+        trusted = self.generation.config.server.trusted_proxies
+        peer = request.peer_host
         xff, client_ip = forwarded_for(peer, xff_in, trusted)
         self.record.client_ip = client_ip
         scheme, forwarded_host = forwarded_scheme_and_host(
             peer, trusted, scheme="https" if request.secure else "http", host=host,
             incoming_proto=proto_in, incoming_host=host_in,
         )
-        chain = route.chain
-        drop = _REQUEST_DROP
-        if chain is not None and chain.wants_body and chain.has_response_filters:
-            # The upstream then answers uncompressed: a redactor reads text, not gzip.
-            drop = _REQUEST_DROP_UNENCODED
-        headers = [(b"host", host.encode("latin-1"))] if host else []
-        headers.extend(end_to_end(request.headers, drop))
-        headers.append((b"x-forwarded-for", xff.encode("latin-1")))
-        headers.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+        out.append((b"x-forwarded-for", xff.encode("latin-1")))
+        out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
         if forwarded_host:
-            headers.append((b"x-forwarded-host", forwarded_host.encode("latin-1")))
-        return headers
+            out.append((b"x-forwarded-host", forwarded_host.encode("latin-1")))
+        return out
 
     def _run_request_filters(self, body: Optional[bytes]) -> None:
         self.pending = None
@@ -205,7 +223,8 @@ class Exchange:
             protocol=request.version.decode("latin-1"),
             source_port=request.peer_port if self.record.client_ip == request.peer_host else 0,
         )
-        self.pending = route.chain.run_request(self.freq)
+        self.run = route.chain.begin(self.freq)
+        self.pending = self.run.run_request()
         self.pending.addCallback(self._filtered)
         self.pending.addErrback(self._internal_error)
 
@@ -262,19 +281,27 @@ class Exchange:
         target.active += 1  # until the exchange is over (least_requests)
         self._holding = target
         self._head_seen = False
-        self._sent_at = self.clock.seconds()
-        self._timer.at(self._sent_at + self._upstream_timeout())
-        d = self.generation.pool.connection(target, fresh=self._fresh)
+        pool = self.generation.pool
+        conn = None if self._fresh else pool.idle(target)
+        if conn is not None:
+            self._send(conn)
+            return
+        d = pool.connect(target)
         self.pending = d
-        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(target,), errbackArgs=(target,))
+        d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(target,))
         d.addErrback(self._internal_error)
 
-    def _connected(self, conn: UpstreamConnection, target: Target) -> None:
+    def _connected(self, conn: UpstreamConnection) -> None:
         self.pending = None
         if self.done:
             self.generation.pool.release(conn)  # unused: still good
             return
+        self._send(conn)
+
+    def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
+        self._sent_at = now = self.clock.seconds()
+        first_check = now + self._upstream_timeout()
         head = b"%s %s HTTP/1.1\r\n%s" % (self.method, self.uri, _wire.header_block(self.headers))
         head_only = self.method == b"HEAD"
         body = self.request.body
@@ -283,20 +310,23 @@ class Exchange:
                 head += b"content-length: %d\r\n\r\n%s" % (len(self.body), self.body)
             else:
                 head += b"\r\n"
-            conn.send(head, self, head_only=head_only)
+            conn.send(head, self, head_only=head_only, first_check=first_check)
         elif body is not None:
             length = body.length
             if length is None:
                 head += b"transfer-encoding: chunked\r\n\r\n"
             else:
                 head += b"content-length: %d\r\n\r\n" % (length,)
-            conn.send(head, self, head_only=head_only, chunked_body=length is None, body_follows=True)
+            conn.send(
+                head, self, head_only=head_only, first_check=first_check,
+                chunked_body=length is None, body_follows=True,
+            )
             conn.transport.registerProducer(body, True)
             body.stream_to(self)
         else:
-            if self.request.header(b"content-length") is not None:
+            if self._declared_length:
                 head += b"content-length: 0\r\n"
-            conn.send(head + b"\r\n", self, head_only=head_only)
+            conn.send(head + b"\r\n", self, head_only=head_only, first_check=first_check)
 
     def _connect_failed(self, reason: Failure, target: Target) -> None:
         self.pending = None
@@ -320,31 +350,32 @@ class Exchange:
         assert self.route is not None
         return self.route.config.timeout or self.generation.config.server.timeouts.upstream
 
-    def _upstream_timer(self) -> None:
+    def upstream_deadline(self, now: float) -> Optional[float]:
+        """
+        The upstream connection's timer: no response headers within the
+        route's timeout is a 504; after them, a gap that long in the body
+        (while the client keeps reading) cuts the response.
+        """
         if self.done or self._upstream_ended:
-            return
-        now = self.clock.seconds()
+            return None
         timeout = self._upstream_timeout()
         if not self._head_seen:
             if now < self._sent_at + timeout:
-                self._timer.at(self._sent_at + timeout)
-                return
+                return self._sent_at + timeout
             self.record.upstream_status = "timeout"
-            self._drop_upstream()
-            target = self._holding
             self.record.error = "upstream sent no response headers within %gs" % (timeout,)
             log.warn(
                 "upstream {upstream} target {target}: timed out -> 504",
-                upstream=self.record.upstream, target=target.url if target else "-",
+                upstream=self.record.upstream, target=self.record.target,
             )
+            self._drop_upstream()
             self.answer(504, b"upstream timed out\n")
-            return
-        if self._paused:
-            self._timer.at(now + timeout)  # the client is slow, not the upstream
-            return
-        if now < self._last_upstream + timeout:
-            self._timer.at(self._last_upstream + timeout)
-            return
+            return None
+        conn = self.conn
+        if self._paused or conn is None:
+            return now + timeout  # the client is slow, not the upstream
+        if now < conn.last_data + timeout:
+            return conn.last_data + timeout
         self.record.error = "upstream sent nothing more of its body for the upstream timeout"
         log.warn(
             "upstream {upstream} target {target}: body stalled, giving up",
@@ -356,6 +387,7 @@ class Exchange:
             self._finish()
         else:
             self.answer(504, b"upstream timed out\n")
+        return None
 
     def _upstream_error(self, code: int, body: bytes, target: Target, reason: Failure) -> None:
         self.record.error = _describe(reason)
@@ -415,12 +447,11 @@ class Exchange:
 
     def response_head(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None:
         self._head_seen = True
-        self._last_upstream = self.clock.seconds()
         self.record.upstream_status = str(status)
         target = self._holding
         if target is not None:
             if status >= 500:
-                target.failed(self._last_upstream, answered=True)  # ejection counts 5xx too
+                target.failed(self.clock.seconds(), answered=True)  # ejection counts 5xx too
             else:
                 target.succeeded()
         if self.done:
@@ -435,7 +466,6 @@ class Exchange:
         self.channel.pause_upstream_with(self)
 
     def response_data(self, data: bytes) -> None:
-        self._last_upstream = self.clock.seconds()
         if self._collected is not None:
             self._collected_size += len(data)
             if self._collected_size > self.gateway.max_body_bytes():
@@ -452,7 +482,6 @@ class Exchange:
     def response_done(self) -> None:
         self._upstream_ended = True
         self.conn = None
-        self._timer.cancel()
         self._release_target()
         if self.done:
             return
@@ -490,7 +519,6 @@ class Exchange:
         # Headers are out; the only honest signal left is to cut the
         # connection so the client sees a truncated response.
         self._upstream_ended = True
-        self._timer.cancel()
         self.record.error = f"upstream body failed: {reason.getErrorMessage()}"
         log.warn("upstream body failed: {error}", error=reason.getErrorMessage())
         if self.channel.started:
@@ -521,7 +549,8 @@ class Exchange:
                 headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept],
                 body=body,
             )
-            return chain.run_response(self.freq, resp)  # type: ignore[arg-type]
+            assert self.run is not None
+            return self.run.run_response(resp)
 
         def write(result: tuple[FilterResponse, list[FilterDecision]]) -> None:
             resp, decisions = result
@@ -577,7 +606,9 @@ class Exchange:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._last_upstream = self.clock.seconds()
+        conn = self.conn
+        if conn is not None:
+            conn.last_data = self.clock.seconds()  # a pause is not the upstream's gap
         self._resume_upstream()
 
     def stopProducing(self) -> None:
@@ -626,7 +657,6 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        self._timer.cancel()
         if not self._upstream_ended:
             self._drop_upstream()
         elif self.pending is not None:
@@ -635,15 +665,16 @@ class Exchange:
         self._release_target()
         self.generation.request_finished()
         route = self.route
-        if route is not None and route.chain is not None and self.freq is not None:
-            route.chain.release(self.freq)  # http-wasm filters hold an instance until now
+        if self.run is not None:
+            self.run.finish()  # http-wasm filters hold an instance until now
         record = self.record
         channel = self.channel
         record.status = status or channel.status or 499
         record.bytes = channel.sent_bytes
-        ua = self.request.header(b"user-agent")
-        if ua is not None:
-            record.user_agent = ua.decode("latin-1")
+        if route is None:  # answered before the headers were looked at
+            agent = self.request.header(b"user-agent")
+            if agent is not None:
+                record.user_agent = agent.decode("latin-1")
         self.gateway.record(record)
 
 

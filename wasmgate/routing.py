@@ -70,6 +70,8 @@ def normalize_path(raw: str) -> str:
     """
     if not raw.startswith("/"):
         raise BadPath("the path must start with '/'")
+    if "%" not in raw and "//" not in raw and "/." not in raw:
+        return raw  # already normal: the common case, kept cheap
 
     def unescape(m: "re.Match[str]") -> str:
         hexdigits = m.group(1)
@@ -120,17 +122,22 @@ class Router(Generic[R]):
         for entries in self._by_host.values():
             # Longest prefix first; stable for equal prefixes (config order).
             entries.sort(key=lambda entry: -len(entry[0].path_prefix))
+        self._any_host = self._by_host.get(None, [])
+        self._host_routes = any(host is not None for host in self._by_host)
 
     def match(self, host: str, path: str) -> Optional[tuple[RouteConfig, R]]:
-        host = _strip_port(host.lower()).rstrip(".")
-        candidates = [host]
-        if "." in host:
-            candidates.append("*." + host.split(".", 1)[1])
-        candidates.append(None)  # type: ignore[arg-type]
-        for key in candidates:
-            for config, value in self._by_host.get(key, ()):
-                if _prefix_matches(config.path_prefix, path):
-                    return config, value
+        if self._host_routes:
+            host = _strip_port(host.lower()).rstrip(".")
+            keys = [host]
+            if "." in host:
+                keys.append("*." + host.split(".", 1)[1])
+            for key in keys:
+                for config, value in self._by_host.get(key, ()):
+                    if _prefix_matches(config.path_prefix, path):
+                        return config, value
+        for config, value in self._any_host:
+            if _prefix_matches(config.path_prefix, path):
+                return config, value
         return None
 
 

@@ -455,6 +455,8 @@ class GatewayService(service.MultiService):
             setattr(self.settings, key, value)
         if config.filters.threads != self.config.filters.threads:
             self.filter_pool.adjustPoolsize(maxthreads=config.filters.threads)
+            if self._wasm is not None:
+                self._wasm.runner.workers = config.filters.threads
         if settings.certificates is not None:
             assert self._certificate_slot is not None and self.certificates is not None
             old_store, self.certificates = self.certificates, settings.certificates

@@ -24,7 +24,7 @@ import wasmtime
 
 from wasmgate.state import CounterStore, MemoryCounterStore
 from wasmgate.wasm.engine import WasmEngine
-from wasmgate.wasm.filter import FilterFailure, PluginLoadError, WasmFilter
+from wasmgate.wasm.filter import FilterFailure, Pins, PluginLoadError, WasmFilter
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse, Headers
 
 __all__ = [
@@ -134,13 +134,19 @@ class FilterHarness:
         except BaseException:
             self.engine.stop()
             raise
+        self._held: dict[int, tuple[FilterRequest, Pins]] = {}
+        """Requests whose http-wasm instance waits for their response phase."""
 
     def request(
         self, request: Optional[FilterRequest] = None, *, route_config: Optional[dict] = None, **fields: Any
     ) -> Union[Answer, Continue]:
         """Run the request phase; raises L{FilterFailure} on failure."""
         req = request if request is not None else make_request(**fields)
-        return self.filter.run_request(req, route_config=route_config)
+        pins = Pins()
+        result = self.filter.run_request(req, route_config=route_config, pins=pins)
+        if pins:
+            self._held[id(req)] = (req, pins)
+        return result
 
     def response(
         self,
@@ -166,16 +172,21 @@ class FilterHarness:
             pairs = make_request(headers=headers).headers
             response = FilterResponse(status=status, headers=pairs, body=body)
         req = request if request is not None else make_request()
-        if self.filter.pins_instances and not self.filter.holds(req):
+        if self.filter.pins_instances and id(req) not in self._held:
             first = self.request(req, route_config=route_config)
             if isinstance(first, Answer):
                 raise ValueError(
                     "the guest answered the request itself (status %d): "
                     "no response phase runs" % (first.status,)
                 )
-        return self.filter.run_response(req, response, route_config=route_config)
+        held = self._held.pop(id(req), None)
+        pins = held[1] if held is not None else None
+        return self.filter.run_response(req, response, route_config=route_config, pins=pins)
 
     def close(self) -> None:
+        for req, pins in self._held.values():
+            self.filter.abandon(req, pins)
+        self._held.clear()
         self.filter.close()
         self.engine.stop()
 

@@ -163,6 +163,8 @@ class Upstream:
 
         @raise NoTargetAvailable: if health checks took every target out.
         """
+        if len(self.targets) == 1:
+            return self._only()
         now = self._clock.seconds()
         usable = [t for t in self.targets if t.available(now)]
         if not usable:
@@ -179,6 +181,16 @@ class Upstream:
         ordered = list(self._pick(client_ip))
         ordered = [t for t in ordered if t in usable]
         return sorted(ordered, key=lambda t: t.recently_failed(now))
+
+    def _only(self) -> list[Target]:
+        # One target: passive ejection never takes it out (see candidates).
+        target = self.targets[0]
+        if not target.healthy:
+            raise NoTargetAvailable(self.name)
+        cap = self.config.max_connections_per_target
+        if cap is not None and target.active >= cap:
+            raise UpstreamBusy(self.name)
+        return [target]
 
     def _round_robin(self, client_ip: str) -> Sequence[Target]:
         start = next(self._ring)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional, Protocol as TypingProtocol
 import httptools
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -36,6 +36,12 @@ class UpstreamProtocolError(Exception):
 
 class ResponseHandler(TypingProtocol):
     """Who a response is reported to (the exchange core)."""
+
+    def upstream_deadline(self, now: float) -> Optional[float]:
+        """
+        The connection's timer fired: act on a timeout (and return None),
+        or say when to look again.
+        """
 
     def response_head(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None: ...
 
@@ -74,17 +80,32 @@ class UpstreamConnection(Protocol):
         self._broken = False
         self._head_version = "1.1"
         self.idle_since = 0.0
-        self._idle_deadline: Optional[Deadline] = None
+        self.last_data = 0.0
+        """When the upstream last sent anything (for body-gap timeouts)."""
+        self._clock = pool.clock
+        self._deadline = Deadline(pool.clock, self._deadline_passed)
 
     # -- sending -------------------------------------------------------------
 
-    def send(self, head: bytes, handler: ResponseHandler, *, head_only: bool, chunked_body: bool = False, body_follows: bool = False) -> None:
+    def send(
+        self,
+        head: bytes,
+        handler: ResponseHandler,
+        *,
+        head_only: bool,
+        first_check: float,
+        chunked_body: bool = False,
+        body_follows: bool = False,
+    ) -> None:
         """
         Write a request head (with its whole body, if any, in C{head});
         with C{body_follows}, the body comes through L{write_body} and
-        L{end_body} (chunk-encoded here when C{chunked_body}).
+        L{end_body} (chunk-encoded here when C{chunked_body}). The
+        handler's L{ResponseHandler.upstream_deadline} is asked at
+        C{first_check} (and then when it says).
         """
         self._handler = handler
+        self._deadline.at(first_check)
         self._head_only = head_only
         self._chunked_body = chunked_body
         self._body_sent = not body_follows
@@ -119,6 +140,7 @@ class UpstreamConnection(Protocol):
             self.transport.loseConnection()
             return
         self._received = True
+        self.last_data = self._clock.seconds()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -204,8 +226,7 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.connected = False
         self.pool.forget(self)
-        if self._idle_deadline is not None:
-            self._idle_deadline.cancel()
+        self._deadline.cancel()
         handler, self._handler = self._handler, None
         if handler is None:
             return
@@ -220,19 +241,24 @@ class UpstreamConnection(Protocol):
         self.reused = True
         self.idle_since = now
         self.transport.resumeProducing()  # it may have been paused by a slow client
-        if self._idle_deadline is None:
-            self._idle_deadline = Deadline(self.pool.clock, self._idle_check)
-        self._idle_deadline.at(now + timeout)
+        self._deadline.at(now + timeout)
 
-    def _idle_check(self) -> None:
-        if self._handler is not None or not self.connected:
+    def _deadline_passed(self) -> None:
+        if not self.connected:
+            return
+        now = self._clock.seconds()
+        handler = self._handler
+        if handler is not None:
+            later = handler.upstream_deadline(now)
+            if later is not None:
+                self._deadline.at(later)
             return
         deadline = self.idle_since + self.pool.idle_timeout
-        if self.pool.clock.seconds() >= deadline:
+        if now >= deadline:
             self.pool.forget(self)
             self.transport.loseConnection()
         else:
-            self._idle_deadline.at(deadline)  # type: ignore[union-attr]
+            self._deadline.at(deadline)
 
     @property
     def producer(self) -> IPushProducer:
@@ -268,32 +294,24 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self.max_idle_per_target = max_idle_per_target
         self._idle: dict[str, list[UpstreamConnection]] = {}
-        self._busy: set[UpstreamConnection] = set()
         self._closed = False
 
-    def connection(self, target: "Target", *, fresh: bool = False) -> "Deferred[UpstreamConnection]":
-        """A connection to C{target}: a kept-alive one unless C{fresh}."""
-        if not fresh:
-            idle = self._idle.get(target.url)
-            while idle:
-                conn = idle.pop()
-                if conn.connected:
-                    self._busy.add(conn)
-                    return succeed(conn)
-        return self._connect(target.endpoint, target.url)
+    def idle(self, target: "Target") -> Optional[UpstreamConnection]:
+        """A kept-alive connection to C{target}, most recently used first."""
+        idle = self._idle.get(target.url)
+        while idle:
+            conn = idle.pop()
+            if conn.connected:
+                return conn
+        return None
 
-    def _connect(self, endpoint: IStreamClientEndpoint, key: str) -> "Deferred[UpstreamConnection]":
-        d = endpoint.connect(_ConnectionFactory(self, key))
-
-        def connected(conn: UpstreamConnection) -> UpstreamConnection:
-            self._busy.add(conn)
-            return conn
-
-        return d.addCallback(connected)
+    def connect(self, target: "Target") -> "Deferred[UpstreamConnection]":
+        """A new connection to C{target}."""
+        assert target.endpoint is not None
+        return target.endpoint.connect(_ConnectionFactory(self, target.url))
 
     def release(self, conn: UpstreamConnection) -> None:
         """C{conn}'s response is done and it can carry another request."""
-        self._busy.discard(conn)
         idle = self._idle.setdefault(conn.key, [])
         if self._closed or len(idle) >= self.max_idle_per_target or conn.transport is None:
             if conn.transport is not None:
@@ -304,7 +322,6 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """C{conn} closed (or is closing): never hand it out again."""
-        self._busy.discard(conn)
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)

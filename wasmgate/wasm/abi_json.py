@@ -177,7 +177,11 @@ class JsonAbi:
 
     # -- request phase ----------------------------------------------------
 
-    def request_payload(self, req: FilterRequest, route_config: Optional[dict]) -> dict:
+    def request_prefix(self, req: FilterRequest) -> bytes:
+        """
+        C{req}'s RequestPayload as JSON without its closing brace: a chain
+        encodes a request once and each filter adds its C{route_config}.
+        """
         payload: dict[str, Any] = {
             "method": req.method,
             "path": req.path,
@@ -188,19 +192,20 @@ class JsonAbi:
         }
         if self.include_body:
             payload["body"] = base64.b64encode(req.body or b"").decode("ascii")
-        if route_config is not None:
-            payload["route_config"] = route_config
-        return payload
+        return _dumps(payload)[:-1]
 
     def handle_request(
-        self, ctx: InstanceContext, req: FilterRequest, route_config: Optional[dict]
+        self,
+        ctx: InstanceContext,
+        req: FilterRequest,
+        route_config: Optional[dict],
+        payload: Optional[bytes] = None,
     ) -> Union[Answer, Continue]:
-        data = json.dumps(
-            self.request_payload(req, route_config), separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8", "surrogateescape")
-        doc = self._call(ctx, ctx.abi_state["request"], data)
+        if payload is None:
+            payload = self.request_prefix(req) + route_suffix(route_config)
+        doc = self._call(ctx, ctx.abi_state["request"], payload)
         if doc is None:
-            return Continue(req)
+            return Continue(req, changed=False)
         return apply_request_action(doc, req, self.plugin)
 
     # -- response phase ---------------------------------------------------
@@ -228,18 +233,24 @@ class JsonAbi:
         }
         if self.include_body:
             payload["body"] = base64.b64encode(resp.body or b"").decode("ascii")
-        if route_config is not None:
-            payload["route_config"] = route_config
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogateescape"
-        )
-        doc = self._call(ctx, fn, data)
+        doc = self._call(ctx, fn, _dumps(payload)[:-1] + route_suffix(route_config))
         if doc is None:
             return resp
         return apply_response_action(doc, resp)
 
 
 ABI = JsonAbi
+
+
+def _dumps(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+
+def route_suffix(route_config: Optional[dict]) -> bytes:
+    """The end of a payload: its C{route_config} (when the route has one) and the brace."""
+    if route_config is None:
+        return b"}"
+    return b',"route_config":' + _dumps(route_config) + b"}"
 
 
 def _sig_text(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
@@ -373,6 +384,7 @@ def apply_request_action(doc: dict, req: FilterRequest, plugin: str) -> Union[An
             body=body or b"",
             plugin=plugin,
         )
+    changed = bool(headers) or body is not None or path is not None or method is not None or query is not None
     req.headers = merge_headers(req.headers, headers)
     if body is not None:
         req.body = body
@@ -382,7 +394,7 @@ def apply_request_action(doc: dict, req: FilterRequest, plugin: str) -> Union[An
         req.method = method
     if query is not None:
         req.query = query
-    return Continue(req, response_headers=extra)
+    return Continue(req, response_headers=extra, changed=changed)
 
 
 def apply_response_action(doc: dict, resp: FilterResponse) -> FilterResponse:

@@ -2,14 +2,18 @@
 """
 A route's filters, run in order in the filter thread pool.
 
-Each phase is one C{deferToThreadPool}: a thread hop costs about as much as
-several raw wasm calls, so all filters of a phase run in the same hop. An
-empty phase does not hop at all.
+A request goes through a chain as a L{RequestRun}: the handle that owns
+what the chain holds for it (http-wasm instances pinned from the request
+phase to the response phase) and ends it with L{RequestRun.finish}. Each
+phase is one hop to the filter pool (L{wasmgate.filterpool.BatchingRunner})
+for the whole chain; an empty phase does not hop at all. The request is
+encoded for JSON-ABI filters once, and again only after a filter changed it.
 
-Failure model (DESIGN.md): a trap, timeout, memory cap, state (counter
-store) or load failure answers 502 under policy C{closed} and skips the
-filter under C{open}; invalid output answers 500 whatever the policy. The
-answers are short plain-text bodies naming nothing internal.
+Failure model (docs/architecture.md): a trap, timeout, memory cap, state
+(counter store) or load failure answers 502 under policy C{closed} and
+skips the filter under C{open}; invalid output answers 500 whatever the
+policy; C{busy} (every instance in use) answers 503. The answers are short
+plain-text bodies naming nothing internal.
 
 Response filters run in reverse order (the last request filter sees the
 response first), the usual "onion" order of middleware.
@@ -18,20 +22,17 @@ Filters whose ABI pins an instance to a request (http-wasm) must see their
 response phase or be released: when a later filter answers in the request
 phase, the pinned filters before it get that answer as their response in the
 same hop; when a filter fails, or the proxy never runs the response phase
-(client gone, upstream error), L{FilterChain.release} ends their pins.
+(client gone, upstream error), L{RequestRun.finish} ends their pins.
 """
 from __future__ import annotations
 
-import threading
 import time
-import weakref
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 
-from wasmgate.wasm.filter import FilterFailure, WasmFilter
+from wasmgate.wasm.abi_json import route_suffix
+from wasmgate.wasm.filter import FilterFailure, Pins, WasmFilter
 from wasmgate.wasm.messages import (
     Answer,
     ChainOutcome,
@@ -41,6 +42,9 @@ from wasmgate.wasm.messages import (
     FilterResponse,
     Headers,
 )
+
+if TYPE_CHECKING:
+    from wasmgate.filterpool import BatchingRunner
 
 _TEXT = [("content-type", "text/plain; charset=utf-8")]
 _BODIES = {500: b"Internal Server Error\n", 502: b"Bad Gateway\n", 503: b"Service Unavailable\n"}
@@ -73,13 +77,11 @@ class FilterChain:
         self,
         filters: Sequence[WasmFilter],
         *,
-        pool: ThreadPool,
-        reactor: object,
+        runner: "BatchingRunner",
         route_config: Optional[Mapping[str, dict]] = None,
     ) -> None:
         self.filters = tuple(filters)
-        self._pool = pool
-        self._reactor = reactor
+        self.runner = runner
         self._route_config = dict(route_config or {})
         self.response_filters = tuple(
             f
@@ -89,104 +91,129 @@ class FilterChain:
         self.wants_body = any(f.include_body for f in self.filters)
         """Some filter wants request/response bodies (buffered, bounded)."""
         self.has_response_filters = bool(self.response_filters)
-        self._pinning = tuple(f for f in self.filters if getattr(f, "pins_instances", False))
-        self._released: dict[int, "weakref.ref[FilterRequest]"] = {}
-        self._released_lock = threading.RLock()
+        self.pinning = tuple(f for f in self.filters if f.pins_instances)
+        # Per filter: its route_config, and for JSON-ABI filters the end of
+        # the encoded payload that carries it.
+        self.steps = tuple(
+            (
+                f,
+                self._route_config.get(f.name),
+                route_suffix(self._route_config.get(f.name)) if f.abi_name == "json" else None,
+            )
+            for f in self.filters
+        )
+        self.response_steps = tuple((f, self._route_config.get(f.name)) for f in self.response_filters)
 
-    def release(self, req: FilterRequest) -> "Deferred[None]":
-        """
-        The proxy is done with C{req}: call it once when the request ends,
-        whatever happened (answered, response phase run, upstream error,
-        client gone). Instances still pinned to C{req} run their guest's
-        C{handle_response(ctx, is_error=1)} in the filter pool and go back
-        to their pools; a request phase still running when this is called
-        releases its pins itself when it ends. No thread hop (and an
-        already-fired Deferred) when nothing is pinned, so it is cheap to
-        call always.
-        """
-        if not self._pinning:
-            return succeed(None)
-        key = id(req)
-        with self._released_lock:
-            if key not in self._released:
-                self._released[key] = weakref.ref(req, lambda r, key=key: self._forget(key, r))
-        if not any(f.holds(req) for f in self._pinning):
-            return succeed(None)
-        return deferToThreadPool(self._reactor, self._pool, self.release_sync, req)
+    def begin(self, req: FilterRequest) -> "RequestRun":
+        """A request starts through this chain."""
+        return RequestRun(self, req)
 
-    def release_sync(self, req: FilterRequest) -> None:
-        """L{release}'s work, blocking, on the calling (filter) thread."""
-        for f in reversed(self._pinning):
-            f.release(req)
 
-    def _forget(self, key: int, ref: object) -> None:
-        with self._released_lock:
-            if self._released.get(key) is ref:
-                del self._released[key]
+class RequestRun:
+    """
+    One request's way through a L{FilterChain}: its phases, and the
+    instances the chain pins to it until L{finish}.
 
-    def _was_released(self, req: FilterRequest) -> bool:
-        with self._released_lock:
-            ref = self._released.get(id(req))
-            return ref is not None and ref() is req
+    The phases and L{finish} are called on the reactor thread and run in
+    the filter pool; the C{*_sync} methods are the same work, blocking, for
+    the calling (filter) thread.
+    """
 
-    def run_request(self, req: FilterRequest) -> "Deferred[tuple[ChainOutcome, list[FilterDecision]]]":
+    __slots__ = ("chain", "req", "pins", "ended")
+
+    def __init__(self, chain: FilterChain, req: FilterRequest) -> None:
+        self.chain = chain
+        self.req = req
+        self.pins = Pins()
+        self.ended = False
+
+    def run_request(self) -> "Deferred[tuple[ChainOutcome, list[FilterDecision]]]":
         """Run the request phase; fires with the outcome and the decisions."""
-        if not self.filters:
-            return succeed((Continue(req), []))
-        return deferToThreadPool(self._reactor, self._pool, self.request_sync, req)
+        if not self.chain.filters:
+            return succeed((Continue(self.req), []))
+        return self.chain.runner.run(self.request_sync)
 
-    def run_response(
-        self, req: FilterRequest, resp: FilterResponse
-    ) -> "Deferred[tuple[FilterResponse, list[FilterDecision]]]":
+    def run_response(self, resp: FilterResponse) -> "Deferred[tuple[FilterResponse, list[FilterDecision]]]":
         """Run the response phase; fires with the (changed) response."""
-        if not self.response_filters:
+        if not self.chain.response_filters:
             return succeed((resp, []))
-        return deferToThreadPool(self._reactor, self._pool, self.response_sync, req, resp)
+        return self.chain.runner.run(self.response_sync, resp)
 
-    def request_sync(self, req: FilterRequest) -> tuple[ChainOutcome, list[FilterDecision]]:
+    def finish(self) -> "Deferred[None]":
+        """
+        The request is over, whatever happened (answered, response phase
+        run, upstream error, client gone): instances still pinned to it run
+        their guest's C{handle_response(ctx, is_error=1)} in the filter pool
+        and go back to their pools; a request phase still running releases
+        them itself when it ends. No hop when nothing is pinned. Idempotent.
+        """
+        self.ended = True
+        if not self.pins:
+            return succeed(None)
+        return self.chain.runner.run(self.release_sync)
+
+    abandon = finish
+
+    def release_sync(self) -> None:
+        """L{finish}'s work, blocking, on the calling (filter) thread."""
+        pins = self.pins
+        for f in reversed(self.chain.pinning):
+            f.abandon(self.req, pins)
+
+    def request_sync(self) -> tuple[ChainOutcome, list[FilterDecision]]:
         """The request phase, blocking, on the calling thread."""
-        if not self._pinning:
-            return self._request_phase(req)
-        outcome, decisions = self._request_phase(req)
-        if self._was_released(req):  # the proxy gave up on it meanwhile
-            self.release_sync(req)
-        return outcome, decisions
+        outcome = self._request_phase()
+        if self.ended and self.pins:  # the proxy gave up on it meanwhile
+            self.release_sync()
+        return outcome
 
-    def _request_phase(self, req: FilterRequest) -> tuple[ChainOutcome, list[FilterDecision]]:
+    def _request_phase(self) -> tuple[ChainOutcome, list[FilterDecision]]:
         decisions: list[FilterDecision] = []
         response_headers: Headers = []
-        for f in self.filters:
-            started = time.perf_counter()
+        req = self.req
+        pins = self.pins
+        prefixes: dict[bool, bytes] = {}
+        clock = time.perf_counter
+        for f, route_config, suffix in self.chain.steps:
+            started = clock()
+            payload = None
+            if suffix is not None:
+                prefix = prefixes.get(f.include_body)
+                if prefix is None:
+                    prefix = prefixes[f.include_body] = f.abi.request_prefix(req)
+                payload = prefix + suffix
             try:
-                result = f.run_request(req, route_config=self._route_config.get(f.name))
+                result = f.run_request(req, route_config=route_config, pins=pins, payload=payload)
             except FilterFailure as e:
-                status = self._failed(f, e, started, decisions, req)
+                status = self._failed(f, e, started, decisions)
                 if status is None:
                     continue
                 return error_answer(status, f.name), decisions
-            seconds = time.perf_counter() - started
+            seconds = clock() - started
             if isinstance(result, Answer):
                 decisions.append(FilterDecision(f.name, "answer", seconds))
                 result.plugin = result.plugin or f.name
-                if self._pinning:
-                    result = self._unwind(req, result, decisions)
+                if pins:
+                    result = self._unwind(result, decisions)
                 return result, decisions
             decisions.append(FilterDecision(f.name, "continue", seconds))
-            req = result.request
+            if result.changed:
+                prefixes.clear()
+            req = self.req = result.request
             response_headers.extend(result.response_headers)
         return Continue(req, response_headers=response_headers), decisions
 
-    def response_sync(
-        self, req: FilterRequest, resp: FilterResponse
-    ) -> tuple[FilterResponse, list[FilterDecision]]:
+    def response_sync(self, resp: FilterResponse) -> tuple[FilterResponse, list[FilterDecision]]:
         """The response phase, blocking, on the calling thread."""
         decisions: list[FilterDecision] = []
-        for f in self.response_filters:
+        req = self.req
+        pins = self.pins
+        for f, route_config in self.chain.response_steps:
             started = time.perf_counter()
             try:
-                resp = f.run_response(req, resp, route_config=self._route_config.get(f.name))
+                resp = f.run_response(req, resp, route_config=route_config, pins=pins)
             except FilterFailure as e:
-                status = self._failed(f, e, started, decisions, req)
+                status = self._failed(f, e, started, decisions)
                 if status is None:
                     continue
                 a = error_answer(status, f.name)
@@ -195,12 +222,7 @@ class FilterChain:
         return resp, decisions
 
     def _failed(
-        self,
-        f: WasmFilter,
-        e: FilterFailure,
-        started: float,
-        decisions: list[FilterDecision],
-        req: FilterRequest,
+        self, f: WasmFilter, e: FilterFailure, started: float, decisions: list[FilterDecision]
     ) -> Optional[int]:
         """
         Record a filter's failure; the status to answer with, or None when
@@ -212,32 +234,29 @@ class FilterChain:
             decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
             return None
         decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
-        if self._pinning:
-            self.release_sync(req)
+        if self.pins:
+            self.release_sync()
         return status
 
-    def _unwind(self, req: FilterRequest, answer: Answer, decisions: list[FilterDecision]) -> Answer:
+    def _unwind(self, answer: Answer, decisions: list[FilterDecision]) -> Answer:
         """
         A filter answered after pinned filters passed the request on: for
         them that answer is what "the next handler" produced, so they get it
         as their response phase (innermost first), as an onion would.
         """
-        pinned = [f for f in reversed(self._pinning) if f.holds(req)]
-        if not pinned:
-            return answer
+        pins = self.pins
+        pinned = [f for f in reversed(self.chain.pinning) if pins.holds(f)]
         resp = FilterResponse(status=answer.status, headers=list(answer.headers), body=answer.body)
+        req = self.req
+        route_config = self.chain._route_config
         for f in pinned:
             started = time.perf_counter()
             try:
-                resp = f.run_response(req, resp, route_config=self._route_config.get(f.name))
+                resp = f.run_response(req, resp, route_config=route_config.get(f.name), pins=pins)
             except FilterFailure as e:
-                seconds = time.perf_counter() - started
-                status = failure_status(e.kind, f.failure_policy)
+                status = self._failed(f, e, started, decisions)
                 if status is None:
-                    decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
                     continue
-                decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
-                self.release_sync(req)
                 return error_answer(status, f.name)
         return Answer(
             status=resp.status, headers=resp.headers, body=resp.body or b"", plugin=answer.plugin

@@ -16,8 +16,8 @@ An ABI whose class sets C{pins_instances = True} (http-wasm: guests keep a
 request's state in globals from C{handle_request} to C{handle_response})
 does not use per-thread instances: each request checks an instance out of
 the filter's pool for its request phase and, when the ABI says the guest
-wants its response phase, keeps it pinned to that L{FilterRequest} until
-L{WasmFilter.run_response} or L{WasmFilter.release} (on whichever pool
+wants its response phase, the request's L{Pins} hold it until
+L{WasmFilter.run_response} or L{WasmFilter.abandon} (on whichever pool
 thread; a Store is used by one thread at a time, never concurrently).
 """
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib
 import threading
 import time
-import weakref
 from typing import Any, ClassVar, Optional, Protocol, Sequence, Union
 
 import wasmtime
@@ -79,9 +78,8 @@ class InitRefused(Exception):
 
 
 class FilterObserver(Protocol):
-    """Metrics hook; called on the filter thread."""
-
-    def plugin_called(self, plugin: str, seconds: float) -> None: ...
+    """Metrics hook; called on the filter thread (durations come with the
+    chain's decisions, on the reactor thread)."""
 
     def plugin_failed(self, plugin: str, kind: str) -> None: ...
 
@@ -150,6 +148,38 @@ def select_abi(module: wasmtime.Module) -> Any:
 
 def known_abis() -> list[str]:
     return [a.name for a in _abi_classes()]
+
+
+class Pins:
+    """
+    The instances one request holds from its request phase to its response
+    phase (ABIs that pin, such as http-wasm), one per filter. The request's
+    owner (L{wasmgate.wasm.chain.RequestRun}) ends them; a L{Pins} dropped
+    with instances still held throws them away (no guest call: that may
+    happen on any thread).
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: dict["WasmFilter", InstanceContext] = {}
+
+    def hold(self, owner: "WasmFilter", ctx: "InstanceContext") -> None:
+        self._held[owner] = ctx
+
+    def take(self, owner: "WasmFilter") -> Optional["InstanceContext"]:
+        """The instance held for C{owner}, no longer held (atomic: any thread)."""
+        return self._held.pop(owner, None)
+
+    def holds(self, owner: "WasmFilter") -> bool:
+        return owner in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __del__(self) -> None:
+        for owner, ctx in list(self._held.items()):
+            owner._drop_pinned(ctx)
 
 
 class InstanceContext:
@@ -283,13 +313,13 @@ class WasmFilter:
         self._failure_log = TokenBucket(rate=0.2, burst=3)
         self._local = threading.local()
         self._registry: set[InstanceContext] = set()
-        # Re-entrant: a pin's weakref callback may run (from the garbage
-        # collector) on a thread that holds it.
+        # Re-entrant: a dropped request's Pins may be collected (and give
+        # back its instance) on a thread that holds it.
         self._registry_lock = threading.RLock()
         self._closed = False
         self.pins_instances = False
         self._idle: list[InstanceContext] = []
-        self._pins: dict[int, tuple["weakref.ref[FilterRequest]", InstanceContext]] = {}
+        self._checked_out = 0
         self._pool_lock = threading.RLock()
         self._ticks = engine.deadline_ticks(timeout_ms)
         # Start-up code (wasmgate_init, _start) parses config and allocates
@@ -438,7 +468,6 @@ class WasmFilter:
         self._closed = True
         with self._pool_lock:
             self._idle.clear()
-            self._pins.clear()
         with self._registry_lock:
             ctxs = list(self._registry)
             self._registry.clear()
@@ -453,27 +482,42 @@ class WasmFilter:
     # -- calls -------------------------------------------------------------
 
     def run_request(
-        self, req: FilterRequest, *, route_config: Optional[dict] = None
+        self,
+        req: FilterRequest,
+        *,
+        route_config: Optional[dict] = None,
+        pins: Optional[Pins] = None,
+        payload: Any = None,
     ) -> Union[Answer, Continue]:
-        """Run the request phase on this thread (blocking)."""
+        """
+        Run the request phase on this thread (blocking). A pinning guest
+        that wants its response phase stays with the request in C{pins}
+        (without C{pins} it is told at once that the request ended).
+        C{payload} is the chain's encoding of C{req}, for ABIs that use one.
+        """
         if self.pins_instances:
-            return self._run_pinned_request(req, route_config)
-        return self._run(self._instance, self.abi.handle_request, req, route_config)  # type: ignore[no-any-return]
+            return self._run_pinned_request(req, route_config, pins)
+        return self._run(self._instance, self.abi.handle_request, req, route_config, payload)  # type: ignore[no-any-return]
 
     def run_response(
-        self, req: FilterRequest, resp: FilterResponse, *, route_config: Optional[dict] = None
+        self,
+        req: FilterRequest,
+        resp: FilterResponse,
+        *,
+        route_config: Optional[dict] = None,
+        pins: Optional[Pins] = None,
     ) -> FilterResponse:
         """
         Run the response phase on this thread (blocking).
 
-        For a pinning ABI this runs on the instance pinned to C{req} by its
-        request phase and then returns it to the pool; with no pin (the
-        guest answered, was skipped, or never ran) C{resp} is returned as is.
+        For a pinning ABI this runs on the instance C{pins} hold for this
+        filter and then returns it to the pool; with none held (the guest
+        answered, was skipped, or never ran) C{resp} is returned as is.
         """
         if not self.has_response_filter:
             return resp
         if self.pins_instances:
-            ctx = self._unpin(req)
+            ctx = pins.take(self) if pins is not None else None
             if ctx is None:
                 return resp
             try:
@@ -486,23 +530,16 @@ class WasmFilter:
 
     # -- instances pinned to a request (pins_instances ABIs) ---------------
 
-    def holds(self, req: FilterRequest) -> bool:
-        """Whether an instance is pinned to C{req} (cheap; any thread)."""
-        if not self._pins:
-            return False
-        entry = self._pins.get(id(req))
-        return entry is not None and entry[0]() is req
-
-    def release(self, req: FilterRequest) -> bool:
+    def abandon(self, req: FilterRequest, pins: Pins) -> bool:
         """
-        End C{req}'s pin without a response phase (blocking; filter thread).
+        End C{req}'s hold without a response phase (blocking; filter thread).
 
         The guest's C{handle_response} runs with C{is_error=1} so it can
         clean up, then the instance goes back to the pool. A failure there
         is counted and logged like any other (nothing is left to answer).
-        Idempotent: C{False} when nothing was pinned to C{req}.
+        Idempotent: C{False} when nothing was held for this filter.
         """
-        ctx = self._unpin(req)
+        ctx = pins.take(self)
         if ctx is None:
             return False
         try:
@@ -514,7 +551,7 @@ class WasmFilter:
         return True
 
     def _run_pinned_request(
-        self, req: FilterRequest, route_config: Optional[dict]
+        self, req: FilterRequest, route_config: Optional[dict], pins: Optional[Pins]
     ) -> Union[Answer, Continue]:
         held: list[InstanceContext] = []
 
@@ -531,7 +568,12 @@ class WasmFilter:
             raise
         ctx = held[0]
         if self.abi.wants_response(ctx):
-            self._pin(req, ctx)
+            if pins is None:
+                pins = Pins()
+                pins.hold(self, ctx)
+                self.abandon(req, pins)
+            else:
+                pins.hold(self, ctx)
         else:
             self._checkin(ctx)
         return result  # type: ignore[no-any-return]
@@ -541,6 +583,7 @@ class WasmFilter:
             while self._idle:
                 ctx = self._idle.pop()
                 if not ctx.dead:
+                    self._checked_out += 1
                     return ctx
         if self._closed:
             raise FilterFailure(self.name, "load", "filter is closed")
@@ -561,58 +604,38 @@ class WasmFilter:
         if self._closed:
             self._discard(ctx)
             raise FilterFailure(self.name, "load", "filter is closed")
+        with self._pool_lock:
+            self._checked_out += 1
         return ctx
 
     def _checkin(self, ctx: InstanceContext) -> None:
         """Back to the idle pool (a dead one is dropped; the pool is capped)."""
-        if ctx.dead:
-            return
         with self._pool_lock:
-            if not self._closed and len(self._idle) < self.max_idle:
+            self._checked_out -= 1
+            if not ctx.dead and not self._closed and len(self._idle) < self.max_idle:
                 self._idle.append(ctx)
                 return
-        self._discard(ctx)
+        if not ctx.dead:
+            self._discard(ctx)
 
     max_idle = 16
     """Idle pooled instances kept for reuse (more are built under load and
     disposed of when they come back)."""
 
-    def _pin(self, req: FilterRequest, ctx: InstanceContext) -> None:
-        key = id(req)
-        # The weak reference's callback is the safety net for a request
-        # that is never released: its instance is disposed of (no guest
-        # call: it may run on any thread, the reactor's included).
-        ref = weakref.ref(req, lambda r, key=key: self._pin_lost(key, r))
+    def _drop_pinned(self, ctx: InstanceContext) -> None:
+        """A request was dropped while holding C{ctx}: throw it away."""
         with self._pool_lock:
-            self._pins[key] = (ref, ctx)
-
-    def _unpin(self, req: FilterRequest) -> Optional[InstanceContext]:
-        key = id(req)
-        with self._pool_lock:
-            entry = self._pins.get(key)
-            if entry is None or entry[0]() is not req:
-                return None
-            del self._pins[key]
-        return entry[1]
-
-    def _pin_lost(self, key: int, ref: Any) -> None:
-        with self._pool_lock:
-            entry = self._pins.get(key)
-            if entry is None or entry[0] is not ref:
-                return
-            del self._pins[key]
-        ctx = entry[1]
+            self._checked_out -= 1
         with self._registry_lock:
             self._registry.discard(ctx)
         with ctx.lock:
             ctx.dispose()
 
     def pinned_count(self) -> int:
-        """Instances pinned to requests right now."""
-        return len(self._pins)
+        """Instances requests hold right now (checked out of the pool)."""
+        return self._checked_out
 
     def _run(self, acquire: Any, method: Any, *args: Any) -> Any:
-        started = time.perf_counter()
         try:
             ctx = acquire()
             with ctx.lock:
@@ -642,9 +665,6 @@ class WasmFilter:
         except FilterFailure as f:
             self._report_failure(f)
             raise
-        finally:
-            if self.observer is not None:
-                self.observer.plugin_called(self.name, time.perf_counter() - started)
 
     def _classify(self, ctx: InstanceContext, trap: _raw.GuestTrap) -> tuple[str, str]:
         host_error, ctx.host_error = ctx.host_error, None

@@ -60,6 +60,9 @@ class Continue:
     request: FilterRequest
     response_headers: Headers = field(default_factory=list)
     """Headers filters asked to add to the upstream's eventual response."""
+    changed: bool = True
+    """Whether the filter may have changed C{request} (False: a chain may
+    reuse its encoding of it for the next filter)."""
 
 
 ChainOutcome = Union[Answer, Continue]

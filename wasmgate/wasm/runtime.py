@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from wasmgate.config import ConfigError, GatewayConfig, PluginConfig
+from wasmgate.filterpool import BatchingRunner
 from wasmgate.sources import PluginSource
 from wasmgate.state import CounterStore, MemoryCounterStore
 from wasmgate.wasm.chain import FilterChain
@@ -65,6 +66,8 @@ class WasmRuntime:
     ) -> None:
         self.reactor = reactor
         self.pool = pool
+        self.runner = BatchingRunner(reactor, pool, workers=config.filters.threads)
+        """Every chain's jobs, several to a thread hop under load."""
         self.observer = observer
         self.engine = WasmEngine(
             tick_ms=config.filters.epoch_tick * 1000,
@@ -197,8 +200,7 @@ class WasmRuntime:
     ) -> FilterChain:
         return FilterChain(
             filters,
-            pool=self.pool,
-            reactor=self.reactor,
+            runner=self.runner,
             route_config={name: dict(value) for name, value in overrides.items()},
         )
 
