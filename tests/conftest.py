@@ -36,13 +36,9 @@ def _private_cache_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class CountingPool(ThreadPool):
-    """A real thread pool that counts how many jobs it was given."""
+    """A real thread pool; chains built by L{chain_of} count their hops to it in C{jobs}."""
 
     jobs = 0
-
-    def callInThreadWithCallback(self, *a: Any, **kw: Any) -> None:
-        self.jobs += 1
-        super().callInThreadWithCallback(*a, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +51,17 @@ def engine() -> Iterator[WasmEngine]:
 
 
 def chain_of(filters: Any, pool: ThreadPool, **kw: Any) -> Any:
-    """A L{FilterChain} of C{filters} whose jobs run in C{pool}."""
+    """A L{FilterChain} of C{filters} whose jobs run in C{pool} (counted in C{pool.jobs})."""
     from wasmgate.filterpool import BatchingRunner
     from wasmgate.wasm.chain import FilterChain
 
-    return FilterChain(filters, runner=BatchingRunner(reactor, pool, workers=pool.max), **kw)
+    class CountingRunner(BatchingRunner):
+        def run(self, fn: Any, *args: Any) -> Any:
+            if isinstance(pool, CountingPool):
+                pool.jobs += 1
+            return super().run(fn, *args)
+
+    return FilterChain(filters, runner=CountingRunner(reactor, pool, workers=pool.max), **kw)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ reactor is asleep in C{epoll}.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections import deque
 from typing import Any, Callable, TypeVar
@@ -63,33 +64,43 @@ class BatchingRunner:
     Handing each job to the pool on its own costs the reactor ~15 µs
     (Twisted's worker team, a queue, a thread wake-up, and a
     C{callFromThread} back) and, on a busy gateway, a GIL hand-over each
-    way. Here the reactor appends a job to a queue and starts a drain in
-    the pool only when fewer drains run than the pool has threads; a drain
-    takes jobs until the queue is empty, and their results go back to the
-    reactor in one C{callFromThread} for as many as are done by then. Under
-    load one hop carries many jobs; idle, a job costs one hop as before.
-    Each job is still one hop off the reactor thread: filters never run
-    on it.
+    way (measured: bench/README.md). Here the reactor puts a job on a queue
+    and starts a drain in the pool only when no drain waits for work and
+    fewer run than the pool has threads; a drain takes jobs until the queue
+    has been empty for C{linger} seconds, and results go back to the reactor
+    in one C{callFromThread} for as many as are done by then. Under load one
+    hop carries many jobs; each job is still one hop off the reactor thread
+    (filters never run on it).
 
     A job whose Deferred was cancelled before a drain took it is not run.
     """
+
+    linger = 0.05
+    """How long a drain waits for more work before it gives its thread back."""
+    batch = 8
+    """Results handed back together when more jobs are waiting (at most this
+    many wait for each other): fewer wake-ups of a busy reactor."""
 
     def __init__(self, reactor: IReactorFromThreads, pool: ThreadPool, *, workers: int) -> None:
         self._reactor = reactor
         self._pool = pool
         self.workers = workers
-        self._jobs: "deque[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]]" = deque()
+        self._jobs: "queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]]" = (
+            queue.SimpleQueue()
+        )
         self._done: "deque[tuple[Deferred[Any], bool, Any]]" = deque()
         self._lock = threading.Lock()
         self._draining = 0
+        self._waiting = 0
         self._delivering = False
 
-    def run(self, fn: "Callable[..., T]", *args: Any) -> "Deferred[T]":
+    def run(self, fn: Callable[..., T], *args: Any) -> "Deferred[T]":
         """Run C{fn(*args)} in the pool; fires on the reactor thread."""
         d: Deferred[Any] = Deferred()
+        jobs = self._jobs
+        jobs.put((fn, args, d))
         with self._lock:
-            self._jobs.append((fn, args, d))
-            start = self._draining < self.workers
+            start = jobs.qsize() > self._waiting and self._draining < self.workers
             if start:
                 self._draining += 1
         if start:
@@ -98,16 +109,41 @@ class BatchingRunner:
 
     def queued(self) -> int:
         """Jobs waiting for a thread."""
-        return len(self._jobs)
+        return self._jobs.qsize()
+
+    def close(self) -> None:
+        """Let waiting drains go now (before the pool stops), not after C{linger}."""
+        with self._lock:
+            waiting = self._waiting
+        for _ in range(waiting):
+            self._jobs.put(None)  # type: ignore[arg-type]
 
     def _drain(self) -> None:
         jobs = self._jobs
+        lock = self._lock
+        undelivered = 0
         while True:
-            with self._lock:
-                if not jobs:
-                    self._draining -= 1
-                    return
-                fn, args, d = jobs.popleft()
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                if undelivered:
+                    undelivered = 0
+                    self._hand_back()
+                with lock:
+                    self._waiting += 1
+                try:
+                    job = jobs.get(timeout=self.linger)
+                except queue.Empty:
+                    job = None
+                with lock:
+                    self._waiting -= 1
+            if job is None:  # idle for a while, or closed
+                with lock:
+                    if jobs.empty():  # (a job put meanwhile saw this drain waiting)
+                        self._draining -= 1
+                        return
+                continue
+            fn, args, d = job
             if d.called:
                 continue  # cancelled while it waited
             try:
@@ -115,11 +151,18 @@ class BatchingRunner:
             except BaseException:
                 outcome = (d, False, Failure())
             self._done.append(outcome)
-            with self._lock:
-                if self._delivering:
-                    continue
-                self._delivering = True
-            self._reactor.callFromThread(self._deliver)
+            undelivered += 1
+            if undelivered >= self.batch or jobs.empty():
+                undelivered = 0
+                self._hand_back()
+
+    def _hand_back(self) -> None:
+        """Have the reactor fire what is done (once, however many are)."""
+        with self._lock:
+            if self._delivering:
+                return
+            self._delivering = True
+        self._reactor.callFromThread(self._deliver)
 
     def _deliver(self) -> None:
         with self._lock:

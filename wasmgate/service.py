@@ -347,6 +347,8 @@ class GatewayService(service.MultiService):
             )
             self.http.abort_all()
         yield generation.stop_health_checks()
+        if self._wasm is not None:
+            self._wasm.runner.close()  # before the filter pool joins its threads
         yield service.MultiService.stopService(self)
         if self.certificates is not None:
             self.certificates.stop_watching()

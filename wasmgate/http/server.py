@@ -268,9 +268,10 @@ class HTTP11ServerProtocol(Protocol):
         for message in messages:
             if message.body is not None:
                 message.body.fail(ClientGone())
-            if message.exchange is not None and not message.finished:
+            exchange, message.exchange = message.exchange, None
+            if exchange is not None and not message.finished:
                 message.finished = True
-                message.exchange.client_gone()
+                exchange.client_gone()
 
     @property
     def idle(self) -> bool:
@@ -460,6 +461,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def response_done(self, message: Message) -> None:
         """C{message}'s response is all written: on to the next, or close."""
+        message.exchange = None  # (it points back at the message: no cycle left for the GC)
         if self.stall_watch is not None:
             self.unregister_stall_watch()
         if self._queue and self._queue[0] is message:

@@ -124,7 +124,7 @@ class RequestRun:
     def __init__(self, chain: FilterChain, req: FilterRequest) -> None:
         self.chain = chain
         self.req = req
-        self.pins = Pins()
+        self.pins: Optional[Pins] = Pins() if chain.pinning else None
         self.ended = False
 
     def run_request(self) -> "Deferred[tuple[ChainOutcome, list[FilterDecision]]]":
@@ -157,6 +157,7 @@ class RequestRun:
     def release_sync(self) -> None:
         """L{finish}'s work, blocking, on the calling (filter) thread."""
         pins = self.pins
+        assert pins is not None
         for f in reversed(self.chain.pinning):
             f.abandon(self.req, pins)
 
@@ -245,6 +246,7 @@ class RequestRun:
         as their response phase (innermost first), as an onion would.
         """
         pins = self.pins
+        assert pins is not None
         pinned = [f for f in reversed(self.chain.pinning) if pins.holds(f)]
         resp = FilterResponse(status=answer.status, headers=list(answer.headers), body=answer.body)
         req = self.req
