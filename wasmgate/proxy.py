@@ -25,6 +25,7 @@ from zope.interface import implementer
 from wasmgate._headers import dropping, end_to_end, forwarded_for, forwarded_scheme_and_host
 from wasmgate.http import _wire
 from wasmgate.http.message import (
+    BodyMalformed,
     BodyTimedOut,
     BodyTooLarge,
     ClientGone,
@@ -440,6 +441,9 @@ class Exchange:
         elif isinstance(reason, BodyTimedOut):
             self.record.error = "request body not received in time"
             self.answer(408, b"request not received in time\n")
+        elif isinstance(reason, BodyMalformed):
+            self.record.error = f"malformed request body: {reason}"
+            self.answer(400, b"malformed request body\n")
         else:
             self._internal_error(Failure(reason))
 

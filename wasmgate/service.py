@@ -338,10 +338,9 @@ class GatewayService(service.MultiService):
             )
         # Requests done on every generation, and their answers flushed.
         drained = defer.gatherResults([g.drained() for g in running] + [self.http.closed()])
-        drained.addTimeout(self.config.server.shutdown_timeout, self.reactor)
-        try:
-            yield drained
-        except defer.TimeoutError:
+        timeout = task.deferLater(self.reactor, self.config.server.shutdown_timeout, lambda: None)
+        index, _ = yield defer.race([drained, timeout])
+        if index == 1:
             log.warn(
                 "shutdown timeout: {n} request(s) cut off", n=sum(g.in_flight for g in running)
             )

@@ -24,6 +24,10 @@ class BodyTimedOut(Exception):
     """The client stopped sending its body for longer than C{timeouts.read} (408)."""
 
 
+class BodyMalformed(Exception):
+    """The request body broke HTTP/1.1 framing (a bad chunk size, say): 400."""
+
+
 class ClientGone(Exception):
     """The client's connection (or stream) closed before the body ended."""
 

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from wasmgate.http import _wire
 from wasmgate.http._timers import Deadline, StallWatch
 from wasmgate.http.message import (
+    BodyMalformed,
     BodyTimedOut,
     ClientGone,
     Header,
@@ -83,7 +84,7 @@ class Message:
     """
 
     __slots__ = (
-        "protocol", "url", "url_size", "headers", "header_bytes", "arrived", "request", "body",
+        "protocol", "url", "url_size", "headers", "header_bytes", "wire_bytes", "arrived", "request", "body",
         "keep_alive", "head_only", "version11", "headers_done", "ended", "exchange", "refusal",
         "expect_continue", "started_response", "status", "sent_bytes", "chunked", "finished",
     )
@@ -94,6 +95,7 @@ class Message:
         self.url_size = 0
         self.headers: list[Header] = []
         self.header_bytes = 0
+        self.wire_bytes = 0
         self.arrived = arrived
         self.request: Optional[IncomingRequest] = None
         self.body: Optional[RequestBody] = None
@@ -142,7 +144,9 @@ class Message:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # the body ends when the connection does
-        if protocol.factory.draining or protocol.closing:
+        if protocol.factory.draining or protocol.closing or (body is not None and not self.ended):
+            # (Answered whole before the request body is in: the rest of
+            # it will not be read, so the connection ends here.)
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"Connection: close\r\n")
@@ -295,7 +299,6 @@ class HTTP11ServerProtocol(Protocol):
         if self._discarding or self.closing:
             return
         self._last_read = self.clock.seconds()
-        parsing = self._parsing
         try:
             try:
                 self._parser.feed_data(data)
@@ -318,16 +321,27 @@ class HTTP11ServerProtocol(Protocol):
             self._refuse(self._parsing, 501, b"request method not recognised\n")
             return
         except httptools.HttpParserError as e:
-            self._refuse(self._parsing, 400, b"malformed request: %s\n" % (str(e).encode("latin-1", "replace"),))
+            why = str(e).encode("latin-1", "replace")
+            message = self._parsing
+            if message is not None and message.headers_done and message.body is not None:
+                # The body broke its framing on the way in: its exchange
+                # answers 400 (or cuts a response already started).
+                message.keep_alive = False
+                self._parsing = None
+                self._stop_reading()
+                message.body.fail(BodyMalformed(why.decode("latin-1")))
+                return
+            self._refuse(message, 400, b"malformed request: %s\n" % (why,))
             return
         parsing = self._parsing
         if parsing is not None and not parsing.headers_done:
-            # Headers still incomplete: bound what they may take.
-            parsing.header_bytes += len(data)
+            # A head still coming in: bound what it may take before llhttp
+            # has a whole line to hand over.
+            parsing.wire_bytes += len(data)
             settings = self.settings
             if parsing.url_size > settings.max_request_line:
                 self._refuse(parsing, 414, b"request line too long\n")
-            elif parsing.header_bytes > settings.max_request_line + settings.max_header_bytes:
+            elif parsing.wire_bytes > settings.max_request_line + settings.max_header_bytes:
                 self._refuse(parsing, 431, b"request headers too large\n")
 
     def on_message_begin(self) -> None:
@@ -351,8 +365,10 @@ class HTTP11ServerProtocol(Protocol):
         if message.headers_done:
             return  # a trailer: not passed on
         message.headers.append((name.lower(), value))
-        if len(message.headers) > self.settings.max_headers:
-            self._refuse(message, 431, b"too many request headers\n")
+        message.header_bytes += len(name) + len(value) + 4
+        settings = self.settings
+        if len(message.headers) > settings.max_headers or message.header_bytes > settings.max_header_bytes:
+            self._refuse(message, 431, b"request headers too large\n")
             raise _Stop()
 
     def on_headers_complete(self) -> None:

@@ -205,12 +205,14 @@ class UpstreamConnection(Protocol):
             keep = keep and self._head_version == "1.1" and not _says_close(self._headers)
         else:
             keep = keep and not self._close_delimited and self._parser.should_keep_alive()
-        if handler is not None:
-            handler.response_done()
+        # Back in the pool first: the handler may send the next request
+        # (a pipelined one) before this returns.
         if keep and self.transport is not None:
             self.pool.release(self)
         elif self.transport is not None:
             self.transport.loseConnection()
+        if handler is not None:
+            handler.response_done()
 
     def _fail(self, reason: Failure) -> None:
         handler, self._handler = self._handler, None
