@@ -8,6 +8,8 @@ one round instead of one error per restart.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -108,6 +110,12 @@ class PluginConfig:
     max_instances: int = 256
     """http-wasm guests hold an instance per request in flight: at most this many."""
     config: Mapping[str, Any] = field(default_factory=dict)
+    config_bytes: Optional[bytes] = None
+    """C{config_raw:} (a string, as UTF-8) or C{config_base64:}: the exact bytes
+    a guest that reads raw config gets (http-wasm C{get_config}) instead of
+    C{config:} as JSON."""
+    export: str = "handler"
+    """Extism plugins: the exported function the gateway calls."""
 
 
 @dataclass(frozen=True)
@@ -428,6 +436,9 @@ _PLUGIN_KEYS = (
     "include_body",
     "max_instances",
     "config",
+    "config_raw",
+    "config_base64",
+    "export",
 )
 
 
@@ -490,9 +501,30 @@ def _plugins(reader: s.Reader, raw: Any, base: str) -> list[PluginConfig]:
                 include_body=reader.get(data, where, "include_body", s.boolean, False),
                 max_instances=reader.get(data, where, "max_instances", s.integer(1, 100_000), 256),
                 config=reader.get(data, where, "config", s.any_mapping, {}),
+                config_bytes=_config_bytes(reader, data, where),
+                export=reader.get(data, where, "export", s.string, "handler"),
             )
         )
     return plugins
+
+
+def _config_bytes(reader: s.Reader, data: Mapping[str, Any], where: str) -> Optional[bytes]:
+    """C{config_raw} or C{config_base64}: at most one of them, and not with C{config}."""
+    given = [key for key in ("config", "config_raw", "config_base64") if data.get(key) is not None]
+    if len(given) > 1:
+        reader.problem(f"{where}.{given[1]}", f"give only one of {', '.join(given)}")
+        return None
+    raw = reader.get(data, where, "config_raw", s.string, None)
+    if raw is not None:
+        return raw.encode("utf-8")
+    encoded = reader.get(data, where, "config_base64", s.string, None)
+    if encoded is None:
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        reader.problem(f"{where}.config_base64", "not valid base64")
+        return None
 
 
 _ROUTE_KEYS = ("name", "match", "filters", "upstream", "timeout", "filter_config")
