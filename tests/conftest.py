@@ -96,6 +96,28 @@ def start_upstream() -> Iterator[Callable[..., RunningUpstream]]:
 
 
 @pytest.fixture
+def recording() -> Iterator[Callable[..., tuple[Any, str]]]:
+    """C{recording(answer=OK)}: a raw upstream that records what it gets, and its URL."""
+    from twisted.internet.protocol import Factory
+
+    from tests.recording_upstream import OK, Recorder, RecordingUpstream
+
+    ports = []
+
+    def start(answer: bytes = OK) -> tuple[Recorder, str]:
+        recorder = Recorder(answer)
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(lambda: RecordingUpstream(recorder)), interface="127.0.0.1"
+        )
+        ports.append(port)
+        return recorder, f"http://127.0.0.1:{port.getHost().port}"
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
 def upstream(start_upstream: Callable[..., RunningUpstream]) -> RunningUpstream:
     return start_upstream()
 

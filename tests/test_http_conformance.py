@@ -12,73 +12,13 @@ import socket
 import time
 from typing import Any
 
-import httptools
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.conftest import gateway_yaml, read_until_closed
-
-
-class Recorder:
-    """What a L{RecordingUpstream} saw: every byte, by connection."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.connections: list["RecordingUpstream"] = []
-
-    @property
-    def received(self) -> bytes:
-        return b"".join(bytes(c.received) for c in self.connections)
-
-    @property
-    def requests(self) -> int:
-        return sum(c.requests for c in self.connections)
-
-
-class RecordingUpstream(Protocol):
-    """Records what it receives; answers each whole request with C{answer}."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-        self.received = bytearray()
-        self.requests = 0
-
-    def connectionMade(self) -> None:
-        self.recorder.connections.append(self)
-        self.parser = httptools.HttpRequestParser(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.loseConnection()
-
-    def on_message_complete(self) -> None:
-        self.requests += 1
-        self.transport.write(self.recorder.answer)
-
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-@pytest.fixture
-def recording() -> Any:
-    ports = []
-
-    def start(answer: bytes = OK) -> tuple[Recorder, str]:
-        recorder = Recorder(answer)
-        port = reactor.listenTCP(
-            0, Factory.forProtocol(lambda: RecordingUpstream(recorder)), interface="127.0.0.1"
-        )
-        ports.append(port)
-        return recorder, f"http://127.0.0.1:{port.getHost().port}"
-
-    yield start
-    for port in ports:
-        pytest_twisted.blockon(port.stopListening())
+from tests.recording_upstream import OK
 
 
 def _exchange(port: int, data: bytes, *, then: bytes = b"", pause: float = 0.0) -> bytes:

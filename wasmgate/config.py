@@ -72,6 +72,9 @@ class ServerConfig:
     max_body_bytes: int = 1024 * 1024
     trusted_proxies: tuple[Network, ...] = ()
     shutdown_timeout: float = 15.0
+    path_params: str = "route"
+    """C{route}: C{/admin;x} takes the C{/admin} route (as Tomcat and Spring
+    read it); C{reject}: a path with C{;} parameters gets 400."""
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,7 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
             "max_body_bytes",
             "trusted_proxies",
             "shutdown_timeout",
+            "path_params",
         ),
     )
     listen = reader.get(data, "server", "listen", _listen, ("tcp:8080",))
@@ -335,6 +339,7 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
         shutdown_timeout=reader.get(
             data, "server", "shutdown_timeout", s.duration(), 15.0
         ),
+        path_params=reader.get(data, "server", "path_params", s.choice("route", "reject"), "route"),
     )
 
 

@@ -129,6 +129,8 @@ class Exchange:
             host, raw_path, query = split_target(request.target, request.header(b"host"))
             record.path = raw_path
             path = normalize_path(raw_path)
+            if ";" in path and self.generation.config.server.path_params == "reject":
+                raise BadPath("path parameters (';') are not accepted here")
         except (BadTarget, BadPath) as e:
             self.answer(400, b"bad request target: %s\n" % (str(e).encode("latin-1"),))
             return

@@ -15,7 +15,12 @@ R = TypeVar("R")
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%(..)?")
-_REFUSED_ESCAPES = {"2F": "an encoded '/'", "5C": "an encoded '\\'", "00": "an encoded NUL"}
+_REFUSED_ESCAPES = {
+    "2F": "an encoded '/'",
+    "5C": "an encoded '\\'",
+    "00": "an encoded NUL",
+    "3B": "an encoded ';'",  # a path parameter to some servers, a character to others
+}
 
 
 class BadPath(ValueError):
@@ -98,6 +103,17 @@ def normalize_path(raw: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing else "")
 
 
+def without_params(path: str) -> str:
+    """
+    C{path} with each segment's C{;parameters} dropped: what a route's
+    prefix is matched against. Tomcat and Spring serve C{/admin;x/y} as
+    C{/admin/y}, so it must take the C{/admin} route and its filters.
+    """
+    if ";" not in path:
+        return path
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+
+
 def _prefix_matches(prefix: str, path: str) -> bool:
     if not path.startswith(prefix):
         return False
@@ -126,6 +142,11 @@ class Router(Generic[R]):
         self._host_routes = any(host is not None for host in self._by_host)
 
     def match(self, host: str, path: str) -> Optional[tuple[RouteConfig, R]]:
+        """
+        The route for C{host} (any case, a port or a trailing dot ignored)
+        and C{path} (a normalised one; C{;parameters} ignored).
+        """
+        path = without_params(path)
         if self._host_routes:
             host = _strip_port(host.lower()).rstrip(".")
             keys = [host]
