@@ -75,6 +75,10 @@ class ServerConfig:
     path_params: str = "route"
     """C{route}: C{/admin;x} takes the C{/admin} route (as Tomcat and Spring
     read it); C{reject}: a path with C{;} parameters gets 400."""
+    max_connections: Optional[int] = None
+    """Client connections open at once (None: from the file descriptor limit)."""
+    banner: Optional[str] = None
+    """A C{Server} header for the answers the gateway writes itself (None: none)."""
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,8 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
             "trusted_proxies",
             "shutdown_timeout",
             "path_params",
+            "max_connections",
+            "banner",
         ),
     )
     listen = reader.get(data, "server", "listen", _listen, ("tcp:8080",))
@@ -340,7 +346,18 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
             data, "server", "shutdown_timeout", s.duration(), 15.0
         ),
         path_params=reader.get(data, "server", "path_params", s.choice("route", "reject"), "route"),
+        max_connections=reader.get(data, "server", "max_connections", s.integer(1, 10_000_000), None),
+        banner=reader.get(data, "server", "banner", _banner, None),
     )
+
+
+def _banner(value: Any) -> Optional[str]:
+    if value is False:
+        return None
+    text = s.string(value)
+    if not re.match(r"^[\x21-\x7e][\x20-\x7e]*$", text):
+        raise ValueError("expected printable ASCII (a product token like wasmgate/1), or false")
+    return text
 
 
 def _tls(reader: s.Reader, raw: Any, base: str) -> TLSConfig:

@@ -13,13 +13,14 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from wasmgate._fastmetrics import CounterFamily, FastCollector, HistogramFamily
 
 if TYPE_CHECKING:
     from wasmgate.generation import Generation
     from wasmgate.http.message import RequestRecord
+    from wasmgate.http.server import HTTPServerFactory
 
 _ID_SEGMENT = re.compile(
     r"""^(
@@ -115,6 +116,10 @@ class GatewayMetrics:
             seen.add(normal)
             return normal
 
+    def watch_server(self, server: "HTTPServerFactory") -> None:
+        """Export the client side's connection counts."""
+        self.registry.register(_ConnectionCollector(server))
+
     # Observers --
 
     def request_done(self, info: "RequestRecord", seconds: float) -> None:
@@ -142,6 +147,32 @@ class GatewayMetrics:
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+
+
+class _ConnectionCollector:
+    """Client connections: open now, and closed at the limit (read at scrape time)."""
+
+    def __init__(self, server: "HTTPServerFactory") -> None:
+        self._server = server
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        server = self._server
+        yield GaugeMetricFamily(
+            "wasmgate_connections_open", "Client connections open", value=len(server.connections)
+        )
+        yield CounterMetricFamily(
+            "wasmgate_connections_refused",
+            "Client connections closed at once: server.max_connections were open, none idle",
+            value=server.refused_connections,
+        )
+        yield CounterMetricFamily(
+            "wasmgate_connections_idle_closed",
+            "Kept-alive idle client connections closed to make room for new ones",
+            value=server.idle_closed,
+        )
 
 
 class _LiveCollector:

@@ -41,6 +41,7 @@ from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterReque
 
 if TYPE_CHECKING:
     from wasmgate.generation import Generation, RouteRuntime
+    from wasmgate.http.server import ServerSettings
     from wasmgate.wasm.chain import RequestRun
 
 log = Logger()
@@ -65,12 +66,13 @@ class Gateway:
         generation: Callable[[], "Generation"],
         clock: IReactorTime,
         record: Callable[[RequestRecord], None],
-        max_body_bytes: Callable[[], int],
+        settings: "ServerSettings",
     ) -> None:
         self.generation = generation
         self.clock = clock
         self.record = record
-        self.max_body_bytes = max_body_bytes
+        self.settings = settings
+        """The client side's limits (a reload changes them in place)."""
 
     def start_exchange(self, request: IncomingRequest, channel: ResponseChannel) -> "Exchange":
         exchange = Exchange(self, request, channel)
@@ -474,7 +476,7 @@ class Exchange:
     def response_data(self, data: bytes) -> None:
         if self._collected is not None:
             self._collected_size += len(data)
-            if self._collected_size > self.gateway.max_body_bytes():
+            if self._collected_size > self.gateway.settings.max_body_bytes:
                 self._collected = None
                 self._drop_upstream()
                 self.answer(502, b"upstream response too large for the response filters\n")
@@ -633,6 +635,9 @@ class Exchange:
         out = list(headers or ())
         if not any(name.lower() == b"content-type" for name, _ in out):
             out.append(_TEXT)
+        banner = self.gateway.settings.banner
+        if banner:
+            out.append((b"server", banner))
         self.channel.respond(code, _wire.reason_phrase(code), out, length=len(body), body=body)
         self._finish()
 

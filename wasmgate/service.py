@@ -98,10 +98,7 @@ class GatewayService(service.MultiService):
         """Called with every request's record and duration (metrics, tests)."""
         self.settings = _server_settings(config)
         self.gateway = Gateway(
-            generation=lambda: self.generation,
-            clock=reactor,
-            record=self._record,
-            max_body_bytes=lambda: self.settings.max_body_bytes,
+            generation=lambda: self.generation, clock=reactor, record=self._record, settings=self.settings
         )
         self.http = HTTPServerFactory(
             clock=reactor,
@@ -109,6 +106,7 @@ class GatewayService(service.MultiService):
             start_exchange=self.gateway.start_exchange,
             refused=self._record,
         )
+        self.metrics.watch_server(self.http)
         self._tls_metrics_instance: Optional[TLSMetrics] = None
         self.certificates: Optional[CertificateStore] = None
         self._certificate_slot: Optional[CertificateSlot] = None
@@ -506,7 +504,39 @@ def _server_settings(config: GatewayConfig) -> ServerSettings:
         read_timeout=server.timeouts.read,
         idle_timeout=server.timeouts.idle,
         write_timeout=server.timeouts.write,
+        max_connections=server.max_connections or default_max_connections(),
+        banner=server.banner.encode("ascii") if server.banner else None,
     )
+
+
+def raise_fd_limit() -> int:
+    """
+    Raise this process's open-file limit to its hard limit where it may (a
+    gateway holds two descriptors per request in flight); the limit now.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def default_max_connections() -> int:
+    """
+    C{server.max_connections} when not set: half the file descriptors left
+    after a reserve (each client connection may need an upstream one too),
+    so the gateway turns clients away before it runs out of descriptors.
+    """
+    return max(64, (raise_fd_limit() - 256) // 2)
 
 
 def _with_backlog(description: str) -> str:

@@ -53,6 +53,8 @@ class ServerSettings:
         max_request_line: int = 8192,
         max_header_bytes: int = 65536,
         max_headers: int = 100,
+        max_connections: int = 10_000,
+        banner: Optional[bytes] = None,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
@@ -61,6 +63,9 @@ class ServerSettings:
         self.max_request_line = max_request_line
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
+        self.max_connections = max_connections
+        self.banner = banner
+        """A C{Server} header for answers the gateway writes itself."""
 
 
 class Exchange(TypingProtocol):
@@ -282,6 +287,16 @@ class HTTP11ServerProtocol(Protocol):
         """Waiting for a request (nothing of one received, nothing to answer)."""
         return not self._queue and self._parsing is None
 
+    @property
+    def idle_since(self) -> float:
+        return self._idle_since
+
+    def close_idle(self) -> None:
+        """Close this kept-alive connection that waits for a request (room is needed)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
     def drain(self) -> None:
         """Shutting down: close now if idle, else after the response in progress."""
         if self.idle and self.transport is not None:
@@ -466,10 +481,10 @@ class HTTP11ServerProtocol(Protocol):
         if message.refusal is not None:
             status, text = message.refusal
             message.keep_alive = False
-            message.respond(
-                status, _wire.reason_phrase(status),
-                [(b"content-type", b"text/plain; charset=utf-8")], length=len(text), body=text,
-            )
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            if self.settings.banner:
+                headers.append((b"server", self.settings.banner))
+            message.respond(status, _wire.reason_phrase(status), headers, length=len(text), body=text)
             return
         assert message.request is not None
         self._rearm()
@@ -631,6 +646,13 @@ class HTTP11ServerProtocol(Protocol):
         parsing.body.fail(BodyTimedOut())
 
 
+class _Refused(Protocol):
+    """A connection over the limit: closed as soon as it is made."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
 class HTTPServerFactory(Factory):
     """
     Builds L{HTTP11ServerProtocol}s for one gateway: its settings, the
@@ -656,10 +678,30 @@ class HTTPServerFactory(Factory):
         self.draining = False
         self.date = _wire.DateCache().value
         self._closed: list[Deferred[None]] = []
+        self.refused_connections = 0
+        """Connections closed at once: C{max_connections} were open, none idle."""
+        self.idle_closed = 0
+        """Kept-alive idle connections closed to make room for new ones."""
 
-    def buildProtocol(self, addr: object) -> HTTP11ServerProtocol:
-        protocol = HTTP11ServerProtocol(self)
-        return protocol
+    def buildProtocol(self, addr: object) -> Protocol:
+        """
+        A protocol for a new connection; past C{max_connections}, a
+        kept-alive connection idle the longest is closed to make room, and
+        with none idle the new one is closed at once (and counted).
+        """
+        if len(self.connections) >= self.settings.max_connections:
+            idle = [p for p in self.connections if p.idle and not p.closing and p.transport is not None]
+            if not idle:
+                self.refused_connections += 1
+                if self.refused_connections & (self.refused_connections - 1) == 0:  # 1, 2, 4, 8...
+                    log.warn(
+                        "server.max_connections ({n}) reached: new connections are closed"
+                        " ({count} so far)", n=self.settings.max_connections, count=self.refused_connections,
+                    )
+                return _Refused()
+            self.idle_closed += 1
+            min(idle, key=lambda p: p.idle_since).close_idle()
+        return HTTP11ServerProtocol(self)
 
     def drain(self) -> None:
         """Stop keeping connections alive; close those waiting for a request."""
