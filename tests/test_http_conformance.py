@@ -276,3 +276,21 @@ async def test_a_client_that_leaves_cancels_its_upstream_request(upstream, start
         await task.deferLater(reactor, 0.05, lambda: None)
     assert upstream.app.cancelled == 1
     assert gw.service.generation.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(300)) + b"Content-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Huge: " + b"h" * 100_000 + b"\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["too many", "too large"],
+)
+@pytest_twisted.ensureDeferred
+async def test_upstream_response_headers_are_capped(recording, start_gateway, answer):
+    recorder, url = recording(answer)
+    gw = start_gateway(gateway_yaml(url))
+    got = await threads.deferToThread(
+        _exchange, _port(gw.url), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert got.startswith(b"HTTP/1.1 502 ") and len(got) < 1000

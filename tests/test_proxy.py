@@ -355,38 +355,58 @@ async def test_no_content_and_not_modified(upstream, start_gateway, http):
 
 
 @pytest_twisted.ensureDeferred
-async def test_target_answering_5xx_is_ejected(start_upstream, start_gateway, http):
+async def test_only_connect_failures_eject_a_target(start_upstream, start_gateway, http):
+    """
+    A target answering 5xx is up (a client can make an application answer
+    500 at will): it is not ejected. One that refuses connections is taken
+    out after eject_after_failures in a row, which is logged and counted.
+    """
+    from twisted.logger import globalLogPublisher, formatEvent
     from tests.upstream_app import _Status
 
     a, b = start_upstream("a"), start_upstream("b")
-    a.app.putChild(b"flaky", _Status())  # /flaky/500 on a...
     hits = {"a": 0, "b": 0}
 
-    class Count(_Status):
+    class Counted(_Status):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
         def render(self, request):
-            hits["b"] += 1
-            request.postpath = [b"200"]
+            hits[self.name] += 1
             return super().render(request)
 
-    class CountA(_Status):
-        def render(self, request):
-            hits["a"] += 1
-            return super().render(request)
-
-    a.app.putChild(b"flaky", CountA())
-    b.app.putChild(b"flaky", Count())
-    text = gateway_yaml([a.url, b.url]).replace(
-        "    targets:", "    eject_after_failures: 2\n    eject_for: 30s\n    targets:"
-    )
-    gw = start_gateway(text)
-    codes = []
+    a.app.putChild(b"flaky", Counted("a"))
+    b.app.putChild(b"flaky", Counted("b"))
+    ejecting = "    eject_after_failures: 2\n    eject_for: 30s\n    targets:"
+    gw = start_gateway(gateway_yaml([a.url, b.url]).replace("    targets:", ejecting))
     for _ in range(10):
         response = await http.get(gw.url + "/flaky/500")
+        assert response.code == 500
         await response.content()
-        codes.append(response.code)
-    assert hits["a"] == 2  # then ejected
-    assert hits["b"] == 8
-    assert codes.count(500) == 2
+    assert hits == {"a": 5, "b": 5}  # both stay in rotation
+
+    dead = _dead_url()
+    logged: list[str] = []
+    observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        # (One failure is enough here: a target that just failed is tried
+        # last for a second, so a second failure in a row takes that long.)
+        gw = start_gateway(
+            gateway_yaml([dead, b.url]).replace("    targets:", ejecting.replace(": 2", ": 1")), name="dead.yaml"
+        )
+        for _ in range(6):
+            response = await http.get(gw.url + "/echo")
+            assert response.code == 200  # GETs retried on the live target
+            await response.content()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert any("ejected for 30" in line and dead in line for line in logged), logged
+    response = await http.get(gw.admin_url + "/metrics")
+    scrape = (await response.content()).decode()
+    assert f'wasmgate_upstream_ejections_total{{target="{dead}",upstream="backend"}} 1.0' in scrape
+    assert f'wasmgate_upstream_healthy{{target="{dead}",upstream="backend"}} 0.0' in scrape
 
 
 def _trickle(port: int) -> tuple[bytes, float]:

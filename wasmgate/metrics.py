@@ -88,8 +88,15 @@ class GatewayMetrics:
             "wasmgate_config_generation", "Number of the live config generation", registry=r
         )
         self.reloads = Counter("wasmgate_reloads", "Config reloads", ["result"], registry=r)
+        self.ejections = CounterFamily(
+            "wasmgate_upstream_ejections",
+            "Targets taken out of rotation after connect failures in a row",
+            ["upstream", "target"],
+        )
         r.register(
-            FastCollector(self.requests, self.duration, self.upstream_requests, self.plugin_duration)
+            FastCollector(
+                self.requests, self.duration, self.upstream_requests, self.plugin_duration, self.ejections
+            )
         )
         if generation is not None:
             r.register(_LiveCollector(generation))
@@ -115,6 +122,9 @@ class GatewayMetrics:
                 return "{other}"
             seen.add(normal)
             return normal
+
+    def target_ejected(self, upstream: str, target: str) -> None:
+        self.ejections.labels(upstream, target).inc()
 
     def watch_server(self, server: "HTTPServerFactory") -> None:
         """Export the client side's connection counts."""

@@ -67,12 +67,24 @@ class Gateway:
         clock: IReactorTime,
         record: Callable[[RequestRecord], None],
         settings: "ServerSettings",
+        on_ejection: Callable[[str, str], None] = lambda upstream, target: None,
     ) -> None:
         self.generation = generation
         self.clock = clock
         self.record = record
         self.settings = settings
         """The client side's limits (a reload changes them in place)."""
+        self._on_ejection = on_ejection
+
+    def ejected(self, upstream: str, target: Target, why: str) -> None:
+        """A target was taken out of rotation after failing to connect."""
+        log.warn(
+            "upstream {upstream} target {target} ejected for {seconds}s after"
+            " {n} connect failures in a row (last: {why})",
+            upstream=upstream, target=target.url, seconds=target.eject_for,
+            n=target.consecutive_failures, why=why,
+        )
+        self._on_ejection(upstream, target.url)
 
     def start_exchange(self, request: IncomingRequest, channel: ResponseChannel) -> "Exchange":
         exchange = Exchange(self, request, channel)
@@ -337,8 +349,9 @@ class Exchange:
         self.pending = None
         if self.done:
             return
-        target.failed(self.clock.seconds())
         connect_failed = reason.check(ConnectError) and not reason.check(ConnectingCancelledError)
+        if connect_failed and target.failed(self.clock.seconds()):
+            self.gateway.ejected(self.record.upstream, target, reason.getErrorMessage())
         if connect_failed and self._targets:
             # Nothing reached the upstream: safe to try another target.
             log.info(
@@ -458,10 +471,7 @@ class Exchange:
         self.record.upstream_status = str(status)
         target = self._holding
         if target is not None:
-            if status >= 500:
-                target.failed(self.clock.seconds(), answered=True)  # ejection counts 5xx too
-            else:
-                target.succeeded()
+            target.succeeded()  # it answered: it is up
         if self.done:
             return
         route = self.route
@@ -520,7 +530,6 @@ class Exchange:
                 self._targets.insert(0, target)
                 self._try()
                 return
-            target.failed(self.clock.seconds())
             self.record.upstream_status = "error"
             self._upstream_error(502, b"bad gateway\n", target, reason)
             return

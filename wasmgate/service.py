@@ -98,7 +98,11 @@ class GatewayService(service.MultiService):
         """Called with every request's record and duration (metrics, tests)."""
         self.settings = _server_settings(config)
         self.gateway = Gateway(
-            generation=lambda: self.generation, clock=reactor, record=self._record, settings=self.settings
+            generation=lambda: self.generation,
+            clock=reactor,
+            record=self._record,
+            settings=self.settings,
+            on_ejection=self.metrics.target_ejected,
         )
         self.http = HTTPServerFactory(
             clock=reactor,

@@ -66,7 +66,7 @@ class Target:
         self.last_failure = float("-inf")
         self.ejected_until = float("-inf")
         self._eject_after = eject_after
-        self._eject_for = eject_for
+        self.eject_for = eject_for
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -74,16 +74,21 @@ class Target:
     def recently_failed(self, now: float, window: float = 1.0) -> bool:
         return now - self.last_failure < window
 
-    def failed(self, now: float, *, answered: bool = False) -> None:
+    def failed(self, now: float) -> bool:
         """
-        Count a failure toward ejection; a connection failure (not an
-        C{answered} 5xx) also makes the target be passed over for a moment.
+        Count a failure to connect toward ejection; the target is also
+        passed over for a moment. True when this failure ejected it.
+
+        Only connect-level failures count: a 5xx, a reset mid-request or a
+        malformed request are about one request (a client can cause them
+        at will), not about whether the target is up.
         """
         self.consecutive_failures += 1
-        if not answered:
-            self.last_failure = now
-        if self.consecutive_failures >= self._eject_after:
-            self.ejected_until = now + self._eject_for
+        self.last_failure = now
+        if self.consecutive_failures >= self._eject_after and now >= self.ejected_until:
+            self.ejected_until = now + self.eject_for
+            return True
+        return False
 
     def inherit(self, other: "Target") -> None:
         self.healthy = other.healthy

@@ -31,7 +31,11 @@ if TYPE_CHECKING:
 
 
 class UpstreamProtocolError(Exception):
-    """The upstream's response broke HTTP/1.1 framing (502)."""
+    """The upstream's response broke HTTP/1.1 framing, or its limits (502)."""
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop reading a response."""
 
 
 class ResponseHandler(TypingProtocol):
@@ -69,6 +73,8 @@ class UpstreamConnection(Protocol):
         self._handler: Optional[ResponseHandler] = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[Header] = []
+        self._head_bytes = 0
+        self._header_size = 0
         self._reason = b""
         self._received = False
         self._head_only = False
@@ -112,6 +118,7 @@ class UpstreamConnection(Protocol):
         self._received = False
         self._head_done = False
         self._headers = []
+        self._head_bytes = self._header_size = 0
         self.transport.write(head)
 
     def write_body(self, data: bytes) -> None:
@@ -141,25 +148,45 @@ class UpstreamConnection(Protocol):
             return
         self._received = True
         self.last_data = self._clock.seconds()
+        if not self._head_done:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(Failure(UpstreamProtocolError("the upstream switched protocols unasked")))
+        except httptools.HttpParserCallbackError as e:
+            if not isinstance(e.__context__, _Stop):
+                raise
         except httptools.HttpParserError as e:
             self._fail(Failure(UpstreamProtocolError(f"malformed response: {e}")))
+        else:
+            if not self._head_done and self._head_bytes > self.pool.max_header_bytes:
+                self._too_large()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._head_done:
-            self._headers.append((name.lower(), value))
+            headers = self._headers
+            headers.append((name.lower(), value))
+            self._header_size += len(name) + len(value) + 4
+            if len(headers) > self.pool.max_headers or self._header_size > self.pool.max_header_bytes:
+                self._too_large()
+                raise _Stop()
+
+    def _too_large(self) -> None:
+        self._fail(Failure(UpstreamProtocolError(
+            "response headers over the limit (%d headers, %d bytes)"
+            % (self.pool.max_headers, self.pool.max_header_bytes)
+        )))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # Interim (100 Continue, 103 Early Hints): the real one follows.
             self._headers = []
+            self._header_size = 0
             self._reason = b""
             return
         self._head_done = True
@@ -290,6 +317,11 @@ class UpstreamPool:
     """
     Kept-alive connections to every target of one generation's upstreams.
     """
+
+    max_headers = 200
+    """Response header lines an upstream may send (more: 502)."""
+    max_header_bytes = 65536
+    """Bytes of response head an upstream may send (more: 502)."""
 
     def __init__(self, clock: IReactorTime, *, idle_timeout: float, max_idle_per_target: int = 64) -> None:
         self.clock = clock
