@@ -439,3 +439,23 @@ def test_twistd_plugin_ships_in_the_wheel(tmp_path):
     assert where["wasmgate"].startswith(str(installed)), where
     assert not where["twisted"].startswith(str(installed)), where  # Twisted's own package
     assert where["config"] == "mine.yaml"
+
+
+def test_check_warns_when_a_redactor_runs_before_a_limiter_keyed_on_the_header(tmp_path):
+    """The issue's trap: every API key becomes REDACTED before the limiter sees it."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"plugins:\n  - {{name: pii_redactor, path: {ROOT / 'plugins' / 'pii_redactor.wasm'}}}\n"
+        f"  - {{name: rate_limiter, path: {RATE_LIMITER},"
+        " config: {limit: 10, window: 1m, key: 'header:x-api-key'}}\n"
+        "routes: [{name: api, match: {path_prefix: /}, upstream: u, filters: [pii_redactor, rate_limiter]}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
+    )
+    check = run(WASMGATE, "check", "-c", str(path))
+    assert check.returncode == 0, check.stderr
+    assert check.stderr == (
+        f"{path}: routes[0].filters: warning: on route api, pii_redactor replaces header x-api-key"
+        " with REDACTED before rate_limiter sees it, but rate_limiter is keyed on that header"
+        " (plugins[1].config.key: header:x-api-key), so every client gets the same key;"
+        " list rate_limiter before pii_redactor\n"
+    )
