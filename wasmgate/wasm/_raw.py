@@ -91,7 +91,9 @@ class MemoryCell:
 
     Imports are created before the instance exists, so host functions get
     this cell and the instance's C{memory} export is put into it after
-    instantiation.
+    instantiation. Until then (start-up code: a C{(start ...)} section, or
+    C{_start} run while instantiating) a host function sees the memory its
+    caller exports as C{memory}, looked up through the caller.
     """
 
     def __init__(self) -> None:
@@ -149,6 +151,9 @@ class CheckedPath:
     ) -> wasmtime.Func:
         def trampoline(caller: Any, *args: int) -> Optional[int]:
             mem = cell.memory
+            if mem is None:  # start-up: the caller's own export
+                found = caller.get("memory")
+                mem = found if isinstance(found, wasmtime.Memory) else None
             if mem is not None:
                 base = ctypes.addressof(mem.data_ptr(caller).contents)
                 size = mem.data_len(caller)
@@ -200,6 +205,11 @@ class RawPath:
         self._memory_data = quick(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", dll))
         self._memory_data_size = quick(c_size_t, c_void_p, c_void_p)(("wasmtime_memory_data_size", dll))
         self._caller_context = quick(c_void_p, c_void_p)(("wasmtime_caller_context", dll))
+        self._caller_export_get = quick(ctypes.c_bool, c_void_p, ctypes.c_char_p, c_size_t, c_void_p)(
+            ("wasmtime_caller_export_get", dll)
+        )
+        self._extern_type = _ffi.wasmtime_extern_t
+        self._extern_memory = _ffi.WASMTIME_EXTERN_MEMORY.value
         self._trap_new = quick(c_void_p, ctypes.c_char_p, c_size_t)(("wasmtime_trap_new", dll))
         self._set_deadline = quick(None, c_void_p, ctypes.c_uint64)(
             ("wasmtime_context_set_epoch_deadline", dll)
@@ -337,6 +347,7 @@ class RawPath:
         memory_data = self._memory_data
         memory_data_size = self._memory_data_size
         caller_context = self._caller_context
+        caller_memory = self._caller_memory
         trap_new = self._trap_new
         params = tuple(params)
         result = results[0] if results else None
@@ -355,8 +366,8 @@ class RawPath:
                     mref = holder["mref"]
                     base = memory_data(cctx, mref) or 0
                     size = memory_data_size(cctx, mref)
-                else:
-                    base = size = 0
+                else:  # start-up: the caller's own export
+                    base, size = caller_memory(caller)
                 out = fn(base, size, *read_args(vals))
                 if result is not None:
                     setattr(vals[0], result, out)
@@ -385,6 +396,17 @@ class RawPath:
         # long as the Func (and so the store that owns it) is referenced.
         func._wasmgate_keep = (cb, ty, callback)  # type: ignore[attr-defined]
         return func
+
+    def _caller_memory(self, caller: int) -> tuple[int, int]:
+        """C{(base, size)} of the memory the calling instance exports as C{memory} (0, 0 if none)."""
+        ext = self._extern_type()
+        if not self._caller_export_get(caller, b"memory", 6, ctypes.addressof(ext)):
+            return 0, 0
+        if ext.kind != self._extern_memory:
+            return 0, 0
+        cctx = self._caller_context(caller)
+        mref = ctypes.addressof(ext.of.memory)
+        return (self._memory_data(cctx, mref) or 0), self._memory_data_size(cctx, mref)
 
     def memory_span(self, store: wasmtime.Store, memory: wasmtime.Memory) -> tuple[int, int]:
         ctx = self._context(store)
@@ -441,6 +463,8 @@ _PROBE_WAT = r"""
   (import "probe" "fail" (func $fail (param i32)))
   (memory (export "memory") 1)
   (data (i32.const 8) "probe")
+  (func $init (drop (call $add (i32.const 0) (i64.const 0))))
+  (start $init)
   (func (export "run") (param i32 i32) (result i64)
     (call $add (local.get 0) (i64.extend_i32_u (local.get 1))))
   (func (export "boom") (param i32 i32) (result i32) unreachable)
@@ -471,6 +495,9 @@ def _probe(path: Any, engine: wasmtime.Engine, with_fuel: bool) -> None:
     add_f = path.host_func(store, ["i32", "i64"], ["i64"], add, cell, errors.append)
     fail_f = path.host_func(store, ["i32"], [], fail, cell, errors.append)
     inst = wasmtime.Instance(store, module, [add_f, fail_f])
+    if seen != [b"probe"]:  # the start function's call, before the cell is filled
+        raise RuntimeError("host function saw no memory during start-up")
+    seen.clear()
     exports = inst.exports(store)
     cell.memory = exports["memory"]
     run = path.export_caller(store, exports["run"], ["i32", "i32"], ["i64"])

@@ -33,11 +33,20 @@ from twisted.logger import Logger
 from wasmgate.state import CounterStore, StateError
 from wasmgate.wasm import _raw
 from wasmgate.wasm.engine import WasmEngine
-from wasmgate.wasm.hostfuncs import GuestFault, HostEnv, HostFunc, TokenBucket, wasmgate_functions
+from wasmgate.wasm.hostfuncs import (
+    GuestFault,
+    HostEnv,
+    HostFunc,
+    LogCapture,
+    TokenBucket,
+    wasmgate_functions,
+)
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
 from wasmgate.wasm.wasi import wasi_functions
 
-FAILURE_KINDS = ("trap", "timeout", "oom", "bad_output", "state", "load", "busy")
+FAILURE_KINDS = ("trap", "timeout", "oom", "bad_output", "state", "load", "busy", "error")
+"""C{error}: the guest said it failed (an Extism handler returning non-zero
+or setting an error); its instance is fine and kept."""
 
 _UNLIMITED_FUEL = 1 << 62
 
@@ -75,6 +84,14 @@ class BadOutput(Exception):
 
 class InitRefused(Exception):
     """Raised by an ABI when the guest refuses its configuration."""
+
+
+class GuestError(Exception):
+    """Raised by an ABI when the guest reports a failure of its own (kind C{error})."""
+
+
+class OverMemoryCap(Exception):
+    """Raised by an ABI whose instance holds more memory than its cap (kind C{oom})."""
 
 
 class FilterObserver(Protocol):
@@ -125,9 +142,22 @@ class FilterAbi(Protocol):
         """Run the response phase."""
 
 
+class LinkingAbi(Protocol):
+    """
+    An ABI that instantiates modules of its own into each instance's store
+    before the guest (Extism: the kernel). Its class says how many
+    (C{extra_instances}); C{link} returns the externs that satisfy some of
+    the guest's imports, by C{(module, name)}.
+    """
+
+    extra_instances: ClassVar[int]
+
+    def link(self, ctx: "InstanceContext") -> dict[tuple[str, str], Any]: ...
+
+
 def _abi_classes() -> list[Any]:
     found = []
-    for name in ("wasmgate.wasm.abi_httpwasm", "wasmgate.wasm.abi_json"):
+    for name in ("wasmgate.wasm.abi_extism", "wasmgate.wasm.abi_httpwasm", "wasmgate.wasm.abi_json"):
         try:
             mod = importlib.import_module(name)
         except ImportError:
@@ -202,6 +232,8 @@ class InstanceContext:
         """Checked out per request (not owned by C{thread})."""
         self.dead = False
         self.mem_size = 0
+        self.extra_memories: tuple[wasmtime.Memory, ...] = ()
+        """Memories of the ABI's own modules in this store (counted against the cap)."""
         self._callers: dict[str, Any] = {}
         # The deadline of the call in progress (see start_clock).
         self.cpu_start = 0.0
@@ -253,6 +285,14 @@ class InstanceContext:
         self.mem_size = size
         return base, size
 
+    def total_memory(self) -> int:
+        """The guest's memory and the ABI's own, in bytes, right now."""
+        total = self.span()[1]
+        for mem in self.extra_memories:
+            total += self.path.memory_span(self.store, mem)[1]
+        self.mem_size = total
+        return total
+
     def dispose(self) -> None:
         if self.dead:
             return
@@ -260,6 +300,7 @@ class InstanceContext:
         self._callers.clear()
         self.exports = self.instance = self.memory = None
         self.cell.memory = None
+        self.extra_memories = ()
         store, self.store = self.store, None
         if store is not None:
             store.close()
@@ -308,7 +349,10 @@ class WasmFilter:
         self.include_body = include_body
         self.state = state
         self.observer = observer
-        self.host_env = HostEnv(plugin=name, state=state, log=log)
+        self._log_capture = LogCapture(
+            log if log is not None else Logger(namespace="wasmgate.plugin.%s" % (name,))
+        )
+        self.host_env = HostEnv(plugin=name, state=state, log=self._log_capture.logger)
         self.log = self.host_env.log
         self._failure_log = TokenBucket(rate=0.2, burst=3)
         self._local = threading.local()
@@ -336,6 +380,7 @@ class WasmFilter:
                 )
             self.abi = abi_class(self)
             self.abi_name: str = abi_class.name
+            self._extra_instances = int(getattr(abi_class, "extra_instances", 0))
             self.pins_instances = bool(getattr(abi_class, "pins_instances", False))
             self.has_response_filter: bool = bool(abi_class.speaks_response(module))
             self.response_by_default = True
@@ -376,7 +421,11 @@ class WasmFilter:
     def _build(self) -> InstanceContext:
         """A fresh instance on this thread; L{PluginLoadError} if impossible."""
         store = wasmtime.Store(self.engine.engine)
-        store.set_limits(**self.engine.store_limits(self.memory_limit))
+        limits = self.engine.store_limits(self.memory_limit)
+        if self._extra_instances:
+            limits["instances"] += self._extra_instances
+            limits["memories"] += self._extra_instances
+        store.set_limits(**limits)
         if self.engine.fuel:
             store.set_fuel(self.fuel if self.fuel is not None else _UNLIMITED_FUEL)
         store.set_epoch_deadline(self._init_ticks)
@@ -384,33 +433,46 @@ class WasmFilter:
         ctx.path.on_epoch_deadline(store, ctx.on_deadline)
         ctx.start_clock(max(self.timeout_ms, INIT_TIMEOUT_MS) / 1000)
         try:
+            link = getattr(self.abi, "link", None)
+            linked: dict[tuple[str, str], Any] = link(ctx) if link is not None else {}
+            externs: list[Any] = []
             for imp in self.module.imports:
-                spec = self._hosts[(imp.module, imp.name)]
-                fn = spec.make(ctx)
-                ctx.host_funcs.append(
-                    ctx.path.host_func(
-                        store, spec.params, spec.results, fn, ctx.cell, ctx.record_host_error
+                key = (imp.module, imp.name)
+                ext = linked.get(key)
+                if ext is None:
+                    spec = self._hosts[key]
+                    ext = ctx.path.host_func(
+                        store, spec.params, spec.results, spec.make(ctx), ctx.cell, ctx.record_host_error
                     )
-                )
+                    ctx.host_funcs.append(ext)
+                externs.append(ext)
             try:
-                ctx.instance = wasmtime.Instance(store, self.module, ctx.host_funcs)
+                with self._log_capture.capturing() as logged:
+                    ctx.instance = wasmtime.Instance(store, self.module, externs)
             except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
-                raise PluginLoadError(self.name, "cannot instantiate: %s" % (_first_line(e),))
+                raise PluginLoadError(
+                    self.name, "cannot instantiate: %s%s" % (_first_line(e), _said(logged))
+                )
             ctx.exports = ctx.instance.exports(store)
             memory = ctx.exports.get("memory")
             if not isinstance(memory, wasmtime.Memory):
                 raise PluginLoadError(self.name, "module does not export its memory as 'memory'")
             ctx.memory = ctx.cell.memory = memory
             ctx.span()
-            try:
-                self.abi.setup(ctx)
-            except InitRefused as e:
-                raise PluginLoadError(self.name, str(e))
-            except _raw.GuestTrap as e:
-                kind, msg = self._classify(ctx, e)
-                raise PluginLoadError(self.name, "initialisation failed (%s): %s" % (kind, msg))
-            except BadOutput as e:
-                raise PluginLoadError(self.name, "initialisation failed: %s" % (e,))
+            # What the guest logs while it starts goes into the load error:
+            # a config refusal says why only there.
+            with self._log_capture.capturing() as logged:
+                try:
+                    self.abi.setup(ctx)
+                except InitRefused as e:
+                    raise PluginLoadError(self.name, str(e) + _said(logged))
+                except _raw.GuestTrap as e:
+                    kind, msg = self._classify(ctx, e)
+                    raise PluginLoadError(
+                        self.name, "initialisation failed (%s): %s%s" % (kind, msg, _said(logged))
+                    )
+                except (BadOutput, GuestError, OverMemoryCap) as e:
+                    raise PluginLoadError(self.name, "initialisation failed: %s%s" % (e, _said(logged)))
         except BaseException:
             ctx.dispose()
             raise
@@ -650,6 +712,10 @@ class WasmFilter:
                     return method(ctx, *args)
                 except BadOutput as e:
                     raise FilterFailure(self.name, "bad_output", str(e)) from None
+                except GuestError as e:
+                    raise FilterFailure(self.name, "error", str(e)) from None
+                except OverMemoryCap as e:
+                    failure = FilterFailure(self.name, "oom", str(e))
                 except _raw.GuestTrap as e:
                     kind, msg = self._classify(ctx, e)
                     failure = FilterFailure(self.name, kind, msg)
@@ -671,6 +737,11 @@ class WasmFilter:
         if host_error is not None:
             if isinstance(host_error, StateError):
                 return "state", str(host_error)
+            if isinstance(host_error, OverMemoryCap):
+                return "oom", "hit its memory limit of %d MiB (%s)" % (
+                    self.memory_limit // (1024 * 1024),
+                    host_error,
+                )
             return "trap", "host function failed: %s" % (host_error,)
         code = trap.code
         if code is wasmtime.TrapCode.INTERRUPT or ctx.deadline_hit:
@@ -689,7 +760,7 @@ class WasmFilter:
         # wasmtime's store limiter makes memory.grow return -1 without a
         # trace; a trap with memory this close to the cap is counted as oom.
         try:
-            _, size = ctx.span()
+            size = ctx.total_memory()
         except Exception:
             return False
         return size + max(65536, self.memory_limit // 16) > self.memory_limit
@@ -709,6 +780,11 @@ class WasmFilter:
 
     def __repr__(self) -> str:
         return "<WasmFilter %s abi=%s>" % (self.name, getattr(self, "abi_name", "?"))
+
+
+def _said(logged: Sequence[str]) -> str:
+    """What the guest logged, as the end of an error message ("" if nothing)."""
+    return (": " + "; ".join(logged)) if logged else ""
 
 
 def _first_line(e: BaseException) -> str:
@@ -736,6 +812,17 @@ def exports_of(module: wasmtime.Module) -> dict[str, Any]:
     return {e.name: e.type for e in module.exports}
 
 
+def _import_hint(module: str, name: str) -> Optional[str]:
+    """How to do without an import the host lacks, when we know."""
+    try:
+        from wasmgate.wasm._hints import import_hint
+    except ImportError:  # the shared hint table is not there: the one we know
+        if (module, name) == ("env", "abort"):
+            return "AssemblyScript's default abort handler: build with --use abort=<your abort function>"
+        return None
+    return import_hint(module, name)
+
+
 def import_problems(module: wasmtime.Module, hosts: dict[tuple[str, str], HostFunc]) -> list[str]:
     """Imports of C{module} the host cannot satisfy, as messages."""
     out = []
@@ -744,7 +831,10 @@ def import_problems(module: wasmtime.Module, hosts: dict[tuple[str, str], HostFu
         ty = imp.type
         spec = hosts.get(key)
         if spec is None:
-            out.append("imports %s.%s, which the host does not provide" % key)
+            hint = _import_hint(*key)
+            out.append(
+                "imports %s.%s, which the host does not provide%s" % (key + ((" (%s)" % hint) if hint else "",))
+            )
             continue
         if not isinstance(ty, wasmtime.FuncType):
             out.append("imports %s.%s as a non-function" % key)

@@ -16,13 +16,14 @@ Host functions run on the filter thread, inside the wasm call.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, formatEvent
 
 from wasmgate.state import CounterStore, StateError
 from wasmgate.wasm import _raw
@@ -71,6 +72,43 @@ class TokenBucket:
                 return True, refused
             self.refused += 1
             return False, 0
+
+
+class LogCapture:
+    """
+    A plugin's logger that can also note what the plugin logs on this
+    thread for a while (L{capturing}): a guest refusing its config or
+    failing to start says why only in its log, and that belongs in the
+    error the user sees (C{wasmgate check}, start-up, C{run_filter}).
+    """
+
+    max_lines = 5
+    max_chars = 500
+
+    def __init__(self, target: Logger) -> None:
+        self._target = target
+        self._local = threading.local()
+        self.logger = Logger(namespace=target.namespace, source=target.source, observer=self._observe)
+
+    def _observe(self, event: dict) -> None:
+        lines: Optional[list[str]] = getattr(self._local, "lines", None)
+        if lines is not None and len(lines) < self.max_lines:
+            text = event.get("message")
+            if not isinstance(text, str):
+                text = formatEvent(event)
+            lines.append(text.strip()[: self.max_chars])
+        self._target.observer(event)
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[str]]:
+        """Within: what the plugin logs on this thread is added to the list given."""
+        previous = getattr(self._local, "lines", None)
+        lines: list[str] = []
+        self._local.lines = lines
+        try:
+            yield lines
+        finally:
+            self._local.lines = previous
 
 
 _LEVELS = {0: LogLevel.debug, 1: LogLevel.info, 2: LogLevel.warn, 3: LogLevel.error}

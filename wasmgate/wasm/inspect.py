@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 import wasmtime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 from wasmgate.state import MemoryCounterStore
 from wasmgate.wasm.engine import WasmEngine
@@ -149,13 +149,6 @@ def inspect_module(
         report.abi = abi.name
         report.response_filter = bool(abi.speaks_response(module))
     store = MemoryCounterStore(max_keys=1000)
-    logged: list[str] = []
-
-    def observe(event: dict) -> None:
-        # What the guest says while it starts (why it refuses its config).
-        if "message" in event and event.get("log_level", LogLevel.info) >= LogLevel.warn:
-            logged.append(str(event["message"]))
-
     try:
         f = WasmFilter(
             name="inspect",
@@ -164,10 +157,10 @@ def inspect_module(
             config=dict(config or {}),
             memory_limit_mb=memory_limit_mb,
             state=store,
-            log=Logger(namespace="wasmgate.inspect", observer=observe),
+            log=Logger(namespace="wasmgate.inspect", observer=lambda event: None),
         )
     except PluginLoadError as e:
-        why = e.what + "".join(": " + line for line in logged)
+        why = e.what  # with what the guest logged while it failed
         # The filter raises PluginLoadError while handling InitRefused.
         if isinstance(e.__context__, InitRefused) and not config_known:
             report.config_refused = why
