@@ -459,3 +459,30 @@ def test_check_warns_when_a_redactor_runs_before_a_limiter_keyed_on_the_header(t
         " (plugins[1].config.key: header:x-api-key), so every client gets the same key;"
         " list rate_limiter before pii_redactor\n"
     )
+
+
+def test_version_from_both_commands():
+    """Both print wasmgate's version first, then what runs filters and serves HTTP."""
+    import platform
+    from importlib import metadata
+
+    expected = (
+        f"wasmgate {metadata.version('wasmgate')}\n"
+        f"wasmtime {metadata.version('wasmtime')}\n"
+        f"Twisted {metadata.version('twisted')}\n"
+        f"httptools {metadata.version('httptools')}\n"
+        f"Python {platform.python_version()} ({platform.python_implementation()})\n"
+    )
+    assert metadata.version("wasmgate") == _setup_cfg_version()
+    for command in ([WASMGATE, "--version"], [TWISTD, "wasmgate", "--version"]):
+        result = run(*command)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected, command
+
+
+def _setup_cfg_version() -> str:
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    return setup["metadata"]["version"]

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 The C{wasmgate} command: C{check} a config, C{plugin inspect} a module,
-run a C{demo-upstream}.
+start a filter project with C{plugin new}, run a C{demo-upstream}.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from wasmgate.config import ConfigError, load_config
+from wasmgate.config import ConfigError, GatewayConfig, load_config
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -31,11 +31,40 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{args.config}: {warning}", file=sys.stderr)
     if report.problems:
         return 1
+    bound = ""
+    if args.bind:  # only for a config that could start: a busy port is no config error
+        from wasmgate._listen import bind_targets
+
+        refused = _bind_problems(config)
+        for line in refused:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        if refused:
+            return 1
+        bound = f"; listened on {len(bind_targets(config))} addresses and let go"
     print(
         f"{args.config}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams,"
-        f" {len(config.plugins)} plugins)"
+        f" {len(config.plugins)} plugins{bound})"
     )
     return 0
+
+
+def _bind_problems(config: GatewayConfig) -> list[str]:
+    """Listen on every listener once and let go (C{check --bind}): those that cannot."""
+    from twisted.internet import reactor
+
+    from wasmgate._listen import bind_problems
+
+    problems: list[str] = []
+
+    def bind() -> None:
+        d = bind_problems(config, reactor=reactor)
+        d.addCallback(problems.extend)
+        d.addErrback(lambda failure: problems.append(f"listeners: {failure.getErrorMessage()}"))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(bind)
+    reactor.run(installSignalHandlers=False)
+    return problems
 
 
 class _UsageError(Exception):
@@ -128,12 +157,36 @@ def _demo_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """C{--version}: computed only when asked for (it reads package metadata)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: Optional[str] = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from wasmgate._version import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="wasmgate", description="WebAssembly edge gateway tools")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the versions of wasmgate, wasmtime, Twisted, httptools and Python, and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     check = commands.add_parser("check", help="validate a config file and its plugins")
     check.add_argument("-c", "--config", default="gateway.yaml")
+    check.add_argument(
+        "--bind",
+        action="store_true",
+        help="also listen on every server.listen and admin.listen address once, and let go"
+        " (fails if one is in use)",
+    )
     check.set_defaults(run=_check)
 
     plugin = commands.add_parser("plugin", help="plugin tools")

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 What C{twistd wasmgate} runs: the service, a refusal to start on a bad
-config, and SIGHUP wired to reload.
+config or a port it cannot listen on, and SIGHUP wired to reload.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application import service
 from twisted.logger import Logger
 
+from wasmgate._listen import ListenerRefused, name_refusals
 from wasmgate.config import ConfigError
 from wasmgate.service import GatewayService, make_service
 from wasmgate.systemd import Notifier
@@ -104,10 +105,43 @@ def make_twistd_service(config_path: str) -> service.IService:
         sys.stderr.write(f"wasmgate: refusing to start, the configuration has errors:\n{e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
+    for key, listener in _listeners_by_key(gateway):
+        name_refusals(listener, key)
+    _print_refusals_in_one_line()
     _Signals(gateway, reactor).setServiceParent(gateway)
     _GarbageCollection(gateway).setServiceParent(gateway)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, gateway)
     return gateway
+
+
+def _listeners_by_key(gateway: GatewayService) -> list[tuple[str, service.IService]]:
+    """The gateway's listening services with their config keys (it keeps them in config order)."""
+    keyed = [(f"server.listen[{i}]", listener) for i, listener in enumerate(gateway.listeners)]
+    admin = getattr(gateway, "admin", None)
+    if admin is not None:
+        keyed.append(("admin.listen", admin))
+    return keyed
+
+
+def _print_refusals_in_one_line() -> None:
+    """
+    A listener that cannot listen stops twistd as it starts the services
+    (which removes its pid file and tells a daemon's parent); what reaches
+    the terminal is one line naming the config key, exit status 1, instead
+    of a traceback. Only in the process twistd runs.
+    """
+    previous = sys.excepthook
+
+    def excepthook(kind: Any, value: BaseException, traceback: Any) -> None:
+        if isinstance(value, ListenerRefused):
+            stderr = sys.__stderr__  # twistd sent sys.stderr to its log
+            if stderr is not None:
+                stderr.write(f"wasmgate: cannot start: {value}\n")
+                stderr.flush()
+            return
+        previous(kind, value, traceback)
+
+    sys.excepthook = excepthook
 
 
 def _exit_if_failed(gateway: GatewayService) -> None:

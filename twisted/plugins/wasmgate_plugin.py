@@ -1,8 +1,11 @@
+# -*- test-case-name: tests.test_cli -*-
 """
 twistd plugin: C{twistd wasmgate -c gateway.yaml}.
 
 Kept thin: everything lives in the wasmgate package.
 """
+import sys
+
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
 from twisted.python import usage
@@ -13,6 +16,13 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "gateway.yaml", "The gateway's YAML config file."],
     ]
+
+    def opt_version(self) -> None:
+        """Print wasmgate's version and those of wasmtime, Twisted and Python, then exit."""
+        from wasmgate._version import version_report
+
+        print(version_report())
+        sys.exit(0)
 
 
 @implementer(IServiceMaker, IPlugin)
