@@ -206,7 +206,11 @@ class HttpWasmAbi:
         self.filter = filt
         self.plugin = filt.name
         self.env = filt.host_env
-        self.config_json = json.dumps(filt.config, separators=(",", ":"), default=str).encode("utf-8")
+        raw = getattr(filt, "config_bytes", None)
+        self.config_json: bytes = (
+            raw if raw is not None else json.dumps(filt.config, separators=(",", ":"), default=str).encode("utf-8")
+        )
+        """C{config_raw:}/C{config_base64:} as given, else C{config:} as JSON."""
         self.init_features: Optional[int] = None
         """What the guest enabled while initialising (its first instance)."""
 

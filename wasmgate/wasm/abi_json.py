@@ -110,7 +110,11 @@ class JsonAbi:
         self.filter = filt
         self.plugin = filt.name
         self.include_body = filt.include_body
-        self.config_json = json.dumps(filt.config, separators=(",", ":"), default=str).encode("utf-8")
+        raw = getattr(filt, "config_bytes", None)
+        self.config_json: bytes = (
+            raw if raw is not None else json.dumps(filt.config, separators=(",", ":"), default=str).encode("utf-8")
+        )
+        """C{config_raw:}/C{config_base64:} as given, else C{config:} as JSON."""
 
     def host_functions(self) -> dict[tuple[str, str], HostFunc]:
         return {}

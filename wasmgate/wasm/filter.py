@@ -333,6 +333,8 @@ class WasmFilter:
         config: Optional[dict] = None,
         include_body: bool = False,
         max_instances: int = 256,
+        config_bytes: Optional[bytes] = None,
+        export: str = "handler",
         state: Optional[CounterStore] = None,
         log: Optional[Logger] = None,
         observer: Optional[FilterObserver] = None,
@@ -346,6 +348,11 @@ class WasmFilter:
         self.failure_policy = failure_policy
         self.fuel = fuel
         self.config = dict(config or {})
+        self.config_bytes = config_bytes
+        """The exact bytes a guest that reads raw config gets (C{config_raw:} /
+        C{config_base64:}), instead of C{config} as JSON."""
+        self.export = export
+        """The function an Extism plugin's calls go to."""
         self.include_body = include_body
         self.state = state
         self.observer = observer

@@ -186,6 +186,15 @@ class HostEnv:
             message=text,
         )
 
+    def log_text(self, level: LogLevel, text: str) -> None:
+        """Log C{text} from the plugin at C{level}, through its rate limit."""
+        allowed, refused = self.log_bucket.take()
+        if not allowed:
+            return
+        if refused:
+            text += " (%d earlier messages from this plugin suppressed)" % (refused,)
+        self.log.emit(level, "plugin {plugin}: {message}", plugin=self.plugin, message=text)
+
     def counter_incr(self, base: int, size: int, kptr: int, klen: int, delta: int, ttl_ms: int) -> int:
         key = self.key(base, size, kptr, klen)
         try:

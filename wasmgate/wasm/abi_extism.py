@@ -1,0 +1,404 @@
+# -*- test-case-name: tests.test_abi_extism -*-
+"""
+The Extism plugin ABI: modules that import C{extism:host/env}, as every
+Extism PDK (AssemblyScript, Rust, Go, JS, C, Zig, ...) builds them, run
+unchanged (docs/extism.md).
+
+Each instance's store holds two instances: our kernel
+(L{wasmgate.wasm._extism_kernel}), whose exports satisfy the memory-block
+imports (C{alloc}, C{load_u64}, C{input_load_u8}, C{output_set}, ...), and
+the plugin. Python provides the rest: C{config_get} (the plugin's
+C{config:} map, values as strings), C{var_get}/C{var_set}, C{log_*} and
+C{get_log_level} (to the plugin's log, rate-limited), and C{http_request} /
+C{http_status_code} / C{http_headers}, which trap: filters have no network.
+
+A call: the kernel is reset and given the input (one kernel call, one
+copy), the exported function (C{export:}, default C{handler}) runs, and the
+host reads the output and error slots straight from kernel memory. What
+the input and output mean is the seed gateway's contract
+(L{wasmgate.wasm._extism_seed}). A function that returns non-zero or sets
+an error fails the call with kind C{error} (the plugin's failure policy
+applies; the instance is kept, as Extism keeps it).
+
+Vars belong to the filter, not to an instance: every filter thread's
+instance sees the same ones, as every call of one Extism plugin does (a
+per-thread store would make a var-counting limiter N times as lenient).
+They are bounded (L{MAX_VAR_BYTES} of keys and values); a C{var_set} past
+that traps, as Extism's does. They last until the plugin is reloaded.
+
+Memory: the plugin's memory and the kernel's count together against
+C{memory_limit_mb}. The kernel grows only into what the plugin's memory
+leaves (the host tells it before each call); a call that ends with both
+over the cap fails with kind C{oom} and the instance is rebuilt.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from typing import Any, Callable, ClassVar, Optional, Union
+
+import wasmtime
+from twisted.logger import LogLevel
+
+from wasmgate.wasm import _raw
+from wasmgate.wasm._extism_kernel import (
+    ERROR_OFFSET,
+    EXTISM_NAMES,
+    LIMIT,
+    OUTPUT_OFFSET,
+    kernel_wasm,
+)
+from wasmgate.wasm._extism_seed import apply_action, encode_request
+from wasmgate.wasm.filter import (
+    BadOutput,
+    GuestError,
+    InstanceContext,
+    OverMemoryCap,
+    PluginLoadError,
+    exports_of,
+    func_sig,
+)
+from wasmgate.wasm.hostfuncs import MAX_LOG_MESSAGE, GuestFault, HostFunc
+from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
+from wasmgate.wasm.wasi import WasiExit
+
+MODULE = "extism:host/env"
+MAX_VAR_BYTES = 1024 * 1024
+"""Keys and values of one plugin's vars, together (Extism's default)."""
+
+_U64 = 0xFFFFFFFFFFFFFFFF
+_I64, _I32 = "i64", "i32"
+_KERNEL_SIGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "alloc": ((_I64,), (_I64,)),
+    "free": ((_I64,), ()),
+    "length": ((_I64,), (_I64,)),
+    "length_unsafe": ((_I64,), (_I64,)),
+    "load_u8": ((_I64,), (_I32,)),
+    "load_u64": ((_I64,), (_I64,)),
+    "store_u8": ((_I64, _I32), ()),
+    "store_u64": ((_I64, _I64), ()),
+    "input_length": ((), (_I64,)),
+    "input_offset": ((), (_I64,)),
+    "input_load_u8": ((_I64,), (_I32,)),
+    "input_load_u64": ((_I64,), (_I64,)),
+    "input_set": ((_I64, _I64), ()),
+    "output_set": ((_I64, _I64), ()),
+    "error_set": ((_I64,), ()),
+    "error_get": ((), (_I64,)),
+    "reset": ((), ()),
+    "memory_bytes": ((), (_I64,)),
+}
+assert set(_KERNEL_SIGS) == set(EXTISM_NAMES)
+
+_LOG_LEVELS = {
+    "log_trace": None,  # below get_log_level: dropped
+    "log_debug": None,
+    "log_info": LogLevel.info,
+    "log_warn": LogLevel.warn,
+    "log_error": LogLevel.error,
+}
+LOG_LEVEL_INFO = 2
+"""What C{get_log_level} answers: Extism's trace=0 debug=1 info=2 warn=3 error=4."""
+
+_CALL_SIGS = (((), ("i32",)), ((), ()))
+_HEADER = struct.Struct("<QQQ")
+_LIMIT = struct.Struct("<Q")
+
+
+class VarStore:
+    """One plugin's vars: bytes to bytes, bounded, shared by its instances."""
+
+    def __init__(self, max_bytes: int = MAX_VAR_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._vars: dict[bytes, bytes] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._vars.get(key)
+
+    def set(self, key: bytes, value: Optional[bytes]) -> None:
+        """Set (or with C{None} remove) C{key}; L{GuestFault} past the bound."""
+        with self._lock:
+            old = self._vars.get(key)
+            size = self._size - (len(key) + len(old) if old is not None else 0)
+            if value is None:
+                self._vars.pop(key, None)
+            else:
+                size += len(key) + len(value)
+                if size > self.max_bytes:
+                    raise GuestFault("var store full (%d bytes of vars at most)" % (self.max_bytes,))
+                self._vars[key] = value
+            self._size = size
+
+    def __len__(self) -> int:
+        return len(self._vars)
+
+
+def _config_strings(config: dict) -> dict[bytes, bytes]:
+    """Extism config values are strings: others as JSON text (C{5}, C{true}, ...)."""
+    out = {}
+    for key, value in config.items():
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+        out[str(key).encode("utf-8")] = text.encode("utf-8")
+    return out
+
+
+class ExtismAbi:
+    """The Extism plugin ABI (seed contract) for one filter."""
+
+    name: ClassVar[str] = "extism"
+    extra_instances: ClassVar[int] = 1
+    """The kernel, in every instance's store."""
+
+    @classmethod
+    def detect(cls, module: wasmtime.Module) -> bool:
+        return any(i.module == MODULE for i in module.imports)
+
+    @classmethod
+    def problems(cls, module: wasmtime.Module) -> list[str]:
+        names = exports_of(module)
+        if not isinstance(names.get("memory"), wasmtime.MemoryType):
+            return ["missing export 'memory' (a linear memory)"]
+        return []
+
+    @classmethod
+    def speaks_response(cls, module: wasmtime.Module) -> bool:
+        return False
+
+    @classmethod
+    def used_functions(cls, module: wasmtime.Module) -> list[str]:
+        """The C{extism:host/env} functions C{module} imports (for C{plugin inspect})."""
+        return [i.name for i in module.imports if i.module == MODULE]
+
+    def __init__(self, filt: Any) -> None:
+        self.filter = filt
+        self.plugin = filt.name
+        self.env = filt.host_env
+        self.export: str = getattr(filt, "export", "handler")
+        sig = func_sig(exports_of(filt.module).get(self.export))
+        if sig is None:
+            exported = sorted(n for n, t in exports_of(filt.module).items() if isinstance(t, wasmtime.FuncType))
+            raise PluginLoadError(
+                filt.name,
+                "exports no function %r to call (set export: to one of: %s)"
+                % (self.export, ", ".join(exported) or "none"),
+            )
+        if sig not in _CALL_SIGS:
+            raise PluginLoadError(filt.name, "export %r must be () -> (i32) (an Extism function)" % (self.export,))
+        self._returns = bool(sig[1])
+        if getattr(filt, "config_bytes", None) is not None:
+            raise PluginLoadError(
+                filt.name,
+                "Extism plugins read config: as a map of strings (config_get); "
+                "config_raw/config_base64 are for guests that read raw bytes",
+            )
+        self.config = _config_strings(filt.config)
+        self.vars = VarStore()
+        self.kernel = filt.engine.compile(kernel_wasm())
+
+    # -- instance lifecycle ----------------------------------------------
+
+    def link(self, ctx: InstanceContext) -> dict[tuple[str, str], Any]:
+        """Instantiate the kernel into C{ctx}'s store; its exports for the plugin's imports."""
+        store = ctx.store
+        kernel = wasmtime.Instance(store, self.kernel, [])
+        exports = kernel.exports(store)
+        kmem = exports["memory"]
+        ctx.extra_memories = (kmem,)
+        path = ctx.path
+        st = ctx.abi_state
+        st["kmem"] = kmem
+        st["begin"] = path.export_caller(store, exports["wasmgate_begin"], (_I64,), (_I64,))
+        st["alloc"] = path.export_caller(store, exports["alloc"], (_I64,), (_I64,))
+        st["length"] = path.export_caller(store, exports["length"], (_I64,), (_I64,))
+        return {(MODULE, name): exports[name] for name in EXTISM_NAMES}
+
+    def setup(self, ctx: InstanceContext) -> None:
+        st = ctx.abi_state
+        self._set_budget(ctx)
+        if func_sig(exports_of(self.filter.module).get("_initialize")) == ((), ()):
+            try:
+                ctx.caller("_initialize", (), ())()
+            except _raw.GuestTrap:
+                exited = ctx.host_error
+                if not (isinstance(exited, WasiExit) and exited.code == 0):
+                    raise
+                ctx.host_error = None
+        st["call"] = ctx.caller(self.export, (), ("i32",) if self._returns else ())
+
+    def _set_budget(self, ctx: InstanceContext) -> tuple[int, int]:
+        """Tell the kernel how far it may grow; its C{(base, size)}."""
+        guest = ctx.span()[1]
+        kbase, ksize = ctx.path.memory_span(ctx.store, ctx.abi_state["kmem"])
+        _raw.write(kbase, ksize, LIMIT, _LIMIT.pack(max(0, self.filter.memory_limit - guest)))
+        return kbase, ksize
+
+    # -- calls ------------------------------------------------------------
+
+    def call(self, ctx: InstanceContext, data: bytes) -> bytes:
+        """
+        One Extism call with input C{data}: its output.
+
+        @raise GuestError: the function returned non-zero or set an error.
+        @raise OverMemoryCap: the input does not fit, or the call ended with
+            the plugin's and the kernel's memory over the cap.
+        """
+        st = ctx.abi_state
+        store = ctx.store
+        span = ctx.path.memory_span
+        kmem = st["kmem"]
+        self._set_budget(ctx)
+        n = len(data)
+        offset = st["begin"](n) & _U64
+        if n:
+            if offset == 0:
+                raise OverMemoryCap("the input (%d bytes) does not fit in the kernel's memory" % (n,))
+            kbase, ksize = span(store, kmem)
+            _raw.write(kbase, ksize, offset, data)
+        rc = st["call"]()
+        kbase, ksize = span(store, kmem)
+        guest = ctx.span()[1]
+        total = ctx.mem_size = guest + ksize
+        if total > self.filter.memory_limit:
+            raise OverMemoryCap("plugin and kernel memory hold %d bytes" % (total,))
+        out_off, out_len, err_off = _HEADER.unpack(_raw.read(kbase, ksize, OUTPUT_OFFSET, 24))
+        if err_off:
+            raise GuestError("%s failed: %s" % (self.export, self._error_text(ctx, err_off)))
+        if rc:
+            raise GuestError("%s returned %d" % (self.export, rc & 0xFFFFFFFF))
+        if not out_len:
+            return b""
+        try:
+            return _raw.read(kbase, ksize, out_off, out_len)
+        except IndexError:
+            raise BadOutput("output range %d+%d is outside the kernel's memory" % (out_off, out_len)) from None
+
+    def _error_text(self, ctx: InstanceContext, offset: int) -> str:
+        n = ctx.abi_state["length"](offset) & _U64
+        if not n:
+            return "(error set to no valid memory block)"
+        kbase, ksize = ctx.path.memory_span(ctx.store, ctx.abi_state["kmem"])
+        return _raw.read(kbase, ksize, offset, min(n, 4096)).decode("utf-8", "replace")
+
+    def handle_request(
+        self,
+        ctx: InstanceContext,
+        req: FilterRequest,
+        route_config: Optional[dict],
+        payload: Optional[bytes] = None,
+    ) -> Union[Answer, Continue]:
+        include_body = self.filter.include_body
+        output = self.call(ctx, encode_request(req, include_body))
+        if not output:
+            return Continue(req, changed=False)
+        return apply_action(output, req, self.plugin, include_body)
+
+    def handle_response(
+        self,
+        ctx: InstanceContext,
+        req: FilterRequest,
+        resp: FilterResponse,
+        route_config: Optional[dict],
+    ) -> FilterResponse:
+        return resp
+
+    # -- host functions ---------------------------------------------------
+
+    def host_functions(self) -> dict[tuple[str, str], HostFunc]:
+        table: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[InstanceContext], _raw.HostFn]]] = {
+            "config_get": ((_I64,), (_I64,), self._config_get),
+            "var_get": ((_I64,), (_I64,), self._var_get),
+            "var_set": ((_I64, _I64), (), self._var_set),
+            "get_log_level": ((), (_I32,), lambda ctx: _log_level),
+            "http_request": ((_I64, _I64), (_I64,), lambda ctx: _no_network),
+            "http_status_code": ((), (_I32,), lambda ctx: _no_network),
+            "http_headers": ((), (_I64,), lambda ctx: _no_network),
+        }
+        for name, level in _LOG_LEVELS.items():
+            table[name] = ((_I64,), (), self._logger(level))
+        out = {(MODULE, name): HostFunc(p, r, make) for name, (p, r, make) in table.items()}
+        for name, (params, results) in _KERNEL_SIGS.items():
+            out[(MODULE, name)] = HostFunc(params, results, _kernel_provided)
+        return out
+
+    # Each C{_x(ctx)} returns the host function for that instance.
+
+    def _config_get(self, ctx: InstanceContext) -> _raw.HostFn:
+        def config_get(base: int, size: int, key: int) -> int:
+            value = self.config.get(_read_block(ctx, key))
+            return 0 if value is None else _new_block(ctx, value)
+
+        return config_get
+
+    def _var_get(self, ctx: InstanceContext) -> _raw.HostFn:
+        def var_get(base: int, size: int, key: int) -> int:
+            value = self.vars.get(_read_block(ctx, key))
+            return 0 if value is None else _new_block(ctx, value)
+
+        return var_get
+
+    def _var_set(self, ctx: InstanceContext) -> _raw.HostFn:
+        def var_set(base: int, size: int, key: int, value: int) -> None:
+            name = _read_block(ctx, key)
+            self.vars.set(name, _read_block(ctx, value) if value else None)
+
+        return var_set
+
+    def _logger(self, level: Optional[LogLevel]) -> Callable[[InstanceContext], _raw.HostFn]:
+        env = self.env
+
+        def make(ctx: InstanceContext) -> _raw.HostFn:
+            def log(base: int, size: int, offset: int) -> None:
+                if level is None:
+                    return
+                text = _read_block(ctx, offset, limit=MAX_LOG_MESSAGE).decode("utf-8", "replace")
+                env.log_text(level, text)
+
+            return log
+
+        return make
+
+
+ABI = ExtismAbi
+
+
+def _kernel_provided(ctx: InstanceContext) -> _raw.HostFn:
+    raise RuntimeError("provided by the Extism kernel, never by a host function")
+
+
+def _log_level(base: int, size: int) -> int:
+    return LOG_LEVEL_INFO
+
+
+def _no_network(base: int, size: int, *args: int) -> int:
+    raise GuestFault("Extism HTTP requests are refused: wasmgate filters have no network access")
+
+
+def _read_block(ctx: InstanceContext, offset: int, limit: Optional[int] = None) -> bytes:
+    """The bytes of the kernel block at C{offset} (b"" for no block)."""
+    st = ctx.abi_state
+    n = st["length"](offset) & _U64
+    if not n:
+        return b""
+    if limit is not None:
+        n = min(n, limit)
+    kbase, ksize = ctx.path.memory_span(ctx.store, st["kmem"])
+    try:
+        return _raw.read(kbase, ksize, offset, n)
+    except IndexError as e:
+        raise GuestFault(str(e)) from None
+
+
+def _new_block(ctx: InstanceContext, data: bytes) -> int:
+    """A new kernel block holding C{data}; its offset (0 for no data)."""
+    if not data:
+        return 0
+    st = ctx.abi_state
+    offset = st["alloc"](len(data)) & _U64
+    if not offset:
+        raise OverMemoryCap("the kernel's memory cannot hold %d more bytes" % (len(data),))
+    kbase, ksize = ctx.path.memory_span(ctx.store, st["kmem"])
+    _raw.write(kbase, ksize, offset, data)
+    return offset
