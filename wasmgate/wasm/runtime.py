@@ -165,6 +165,8 @@ class WasmRuntime:
             config=dict(plugin.config),
             include_body=plugin.include_body,
             max_instances=plugin.max_instances,
+            config_bytes=plugin.config_bytes,
+            export=plugin.export,
             state=self.state,
             observer=self.observer,
         )
