@@ -52,14 +52,14 @@ def engine() -> Iterator[WasmEngine]:
 
 def chain_of(filters: Any, pool: ThreadPool, **kw: Any) -> Any:
     """A L{FilterChain} of C{filters} whose jobs run in C{pool} (counted in C{pool.jobs})."""
-    from wasmgate.filterpool import BatchingRunner
+    from wasmgate.filterjobs import BatchingRunner
     from wasmgate.wasm.chain import FilterChain
 
     class CountingRunner(BatchingRunner):
-        def run(self, fn: Any, *args: Any) -> Any:
+        def run(self, fn: Any, *args: Any, **kw: Any) -> Any:
             if isinstance(pool, CountingPool):
                 pool.jobs += 1
-            return super().run(fn, *args)
+            return super().run(fn, *args, **kw)
 
     return FilterChain(filters, runner=CountingRunner(reactor, pool, workers=pool.max), **kw)
 

@@ -97,6 +97,8 @@ class StateConfig:
 @dataclass(frozen=True)
 class FiltersConfig:
     threads: int = 4
+    max_queue: int = 1024
+    """Filter jobs waiting for a thread, all routes together; more: 503."""
     epoch_tick: float = 0.005
     """5 ms: a 1 ms tick costs some 6% of a filtered request's CPU (bench/)."""
     cache_dir: Optional[str] = None
@@ -436,9 +438,10 @@ def _state(reader: s.Reader, raw: Any) -> StateConfig:
 
 
 def _filters(reader: s.Reader, raw: Any, base: str) -> FiltersConfig:
-    data = reader.mapping(raw, "filters", ("threads", "epoch_tick", "cache_dir"))
+    data = reader.mapping(raw, "filters", ("threads", "max_queue", "epoch_tick", "cache_dir"))
     return FiltersConfig(
         threads=reader.get(data, "filters", "threads", s.integer(1, 256), 4),
+        max_queue=reader.get(data, "filters", "max_queue", s.integer(1, 1_000_000), 1024),
         epoch_tick=reader.get(
             data, "filters", "epoch_tick", s.duration(minimum=0.0001), 0.005
         ),

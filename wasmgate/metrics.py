@@ -20,6 +20,7 @@ from wasmgate._fastmetrics import CounterFamily, FastCollector, HistogramFamily
 if TYPE_CHECKING:
     from wasmgate.generation import Generation
     from wasmgate.http.message import RequestRecord
+    from wasmgate.filterjobs import BatchingRunner
     from wasmgate.http.server import HTTPServerFactory
 
 _ID_SEGMENT = re.compile(
@@ -126,6 +127,10 @@ class GatewayMetrics:
     def target_ejected(self, upstream: str, target: str) -> None:
         self.ejections.labels(upstream, target).inc()
 
+    def watch_filter_jobs(self, runner: "BatchingRunner") -> None:
+        """Export the filter queue's length and what it refused or dropped."""
+        self.registry.register(_FilterJobsCollector(runner))
+
     def watch_server(self, server: "HTTPServerFactory") -> None:
         """Export the client side's connection counts."""
         self.registry.register(_ConnectionCollector(server))
@@ -157,6 +162,32 @@ class GatewayMetrics:
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+
+
+class _FilterJobsCollector:
+    """The filter job queue (read at scrape time)."""
+
+    def __init__(self, runner: "BatchingRunner") -> None:
+        self._runner = runner
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        runner = self._runner
+        yield GaugeMetricFamily(
+            "wasmgate_filter_queue", "Filter jobs waiting for a thread", value=runner.queued()
+        )
+        yield CounterMetricFamily(
+            "wasmgate_filter_queue_rejected",
+            "Requests answered 503 because filters.max_queue jobs were waiting",
+            value=runner.rejected,
+        )
+        yield CounterMetricFamily(
+            "wasmgate_filter_jobs_dropped",
+            "Queued filter jobs not run because their client had left",
+            value=runner.dropped,
+        )
 
 
 class _ConnectionCollector:

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wasmgate._headers import dropping, end_to_end, forwarded_for, forwarded_scheme_and_host
+from wasmgate.filterjobs import QueueFull
 from wasmgate.http import _wire
 from wasmgate.http.message import (
     BodyMalformed,
@@ -164,8 +165,8 @@ class Exchange:
             return
         body = request.body
         if chain.wants_body and body is not None:
-            self.pending = body.collect()
-            self.pending.addCallbacks(self._run_request_filters, self._body_failed_early)
+            self.pending = d = body.collect()
+            d.addCallbacks(self._run_request_filters, self._body_failed_early)
             return
         self._run_request_filters(b"" if chain.wants_body else None)
 
@@ -241,9 +242,9 @@ class Exchange:
             source_port=request.peer_port if self.record.client_ip == request.peer_host else 0,
         )
         self.run = route.chain.begin(self.freq)
-        self.pending = self.run.run_request()
-        self.pending.addCallback(self._filtered)
-        self.pending.addErrback(self._internal_error)
+        self.pending = d = self.run.run_request()
+        d.addCallbacks(self._filtered, self._filters_busy)
+        d.addErrback(self._internal_error)
 
     def _filtered(self, result: tuple[Any, list[FilterDecision]]) -> None:
         self.pending = None
@@ -268,6 +269,13 @@ class Exchange:
         if freq.body is not None:
             self.body = freq.body
         self.forward()
+
+    def _filters_busy(self, reason: Failure) -> None:
+        """Every filter thread is taken and filters.max_queue jobs wait: 503."""
+        reason.trap(QueueFull)
+        self.pending = None
+        self.record.error = "filter queue full (filters.max_queue)"
+        self.answer(503, b"busy, try again\n", [(b"retry-after", b"1")])
 
     def _body_failed_early(self, reason: Failure) -> None:
         self.pending = None
@@ -601,8 +609,13 @@ class Exchange:
             self._when_collected = d
         else:
             d = defer.succeed(None)
+        def busy(reason: Failure) -> None:
+            reason.trap(QueueFull)
+            self._drop_upstream()
+            self._filters_busy(reason)
+
         d.addCallback(run)
-        d.addCallback(write)
+        d.addCallbacks(write, busy)
         d.addErrback(self._internal_error)
 
     # -- backpressure from the client (IPushProducer) ----------------------

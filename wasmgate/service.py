@@ -187,6 +187,8 @@ class GatewayService(service.MultiService):
             self._wasm = WasmRuntime(
                 config, reactor=self.reactor, pool=self.filter_pool, observer=self.metrics
             )
+            self._wasm.runner.max_queue = config.filters.max_queue
+            self.metrics.watch_filter_jobs(self._wasm.runner)
             if self.running:
                 self._wasm.start()
         return self._wasm
@@ -458,8 +460,9 @@ class GatewayService(service.MultiService):
             setattr(self.settings, key, value)
         if config.filters.threads != self.config.filters.threads:
             self.filter_pool.adjustPoolsize(maxthreads=config.filters.threads)
-            if self._wasm is not None:
-                self._wasm.runner.workers = config.filters.threads
+        if self._wasm is not None:
+            self._wasm.runner.workers = config.filters.threads
+            self._wasm.runner.max_queue = config.filters.max_queue
         if settings.certificates is not None:
             assert self._certificate_slot is not None and self.certificates is not None
             old_store, self.certificates = self.certificates, settings.certificates

@@ -5,7 +5,8 @@ A route's filters, run in order in the filter thread pool.
 A request goes through a chain as a L{RequestRun}: the handle that owns
 what the chain holds for it (http-wasm instances pinned from the request
 phase to the response phase) and ends it with L{RequestRun.finish}. Each
-phase is one hop to the filter pool (L{wasmgate.filterpool.BatchingRunner})
+phase is one hop to the filter pool (L{wasmgate.filterjobs.BatchingRunner},
+the route's chain being its lane)
 for the whole chain; an empty phase does not hop at all. The request is
 encoded for JSON-ABI filters once, and again only after a filter changed it.
 
@@ -44,7 +45,7 @@ from wasmgate.wasm.messages import (
 )
 
 if TYPE_CHECKING:
-    from wasmgate.filterpool import BatchingRunner
+    from wasmgate.filterjobs import BatchingRunner
 
 _TEXT = [("content-type", "text/plain; charset=utf-8")]
 _BODIES = {500: b"Internal Server Error\n", 502: b"Bad Gateway\n", 503: b"Service Unavailable\n"}
@@ -131,13 +132,13 @@ class RequestRun:
         """Run the request phase; fires with the outcome and the decisions."""
         if not self.chain.filters:
             return succeed((Continue(self.req), []))
-        return self.chain.runner.run(self.request_sync)
+        return self.chain.runner.run(self.request_sync, lane=self.chain)
 
     def run_response(self, resp: FilterResponse) -> "Deferred[tuple[FilterResponse, list[FilterDecision]]]":
         """Run the response phase; fires with the (changed) response."""
         if not self.chain.response_filters:
             return succeed((resp, []))
-        return self.chain.runner.run(self.response_sync, resp)
+        return self.chain.runner.run(self.response_sync, resp, lane=self.chain)
 
     def finish(self) -> "Deferred[None]":
         """
@@ -150,7 +151,7 @@ class RequestRun:
         self.ended = True
         if not self.pins:
             return succeed(None)
-        return self.chain.runner.run(self.release_sync)
+        return self.chain.runner.run(self.release_sync, lane=self.chain)
 
     abandon = finish
 

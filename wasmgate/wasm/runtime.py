@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from wasmgate.config import ConfigError, GatewayConfig, PluginConfig
-from wasmgate.filterpool import BatchingRunner
+from wasmgate.filterjobs import BatchingRunner
 from wasmgate.sources import PluginSource
 from wasmgate.state import CounterStore, MemoryCounterStore
 from wasmgate.wasm.chain import FilterChain
