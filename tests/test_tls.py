@@ -483,7 +483,7 @@ async def test_bad_replacements_keep_old_certificate(
 ) -> None:
     """
     Garbage, a key that belongs to another certificate, an expired and a
-    not-yet-valid certificate are each rejected once, logged with the file
+    not-yet-valid certificate, and one for other hosts are each rejected once, logged with the file
     and the reason, and counted; the old certificate stays in service.
     """
     events = Events()
@@ -529,6 +529,10 @@ async def test_bad_replacements_keep_old_certificate(
                 "www", issue(setup.ca, HOSTS["www"], not_before=now + timedelta(days=1))
             ),
             "not valid until",
+        ),
+        (
+            lambda: setup.write("www", issue(setup.ca, ["elsewhere.example.org"])),
+            "does not cover host(s) www.example.com",
         ),
     ]
     for count, (breakage, reason) in enumerate(cases, start=1):

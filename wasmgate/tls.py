@@ -172,6 +172,25 @@ def _covers(cert_names: Sequence[str], host: str) -> bool:
     return bool(parent) and f"*.{parent}" in cert_names
 
 
+def _still_covers(entry: "_Entry", pair: LoadedPair) -> None:
+    """
+    Refuse a replacement that no longer covers a configured host the
+    current certificate covers (the wrong file deployed): clients would
+    fail their handshakes.
+
+    @raise PairError: naming the hosts it leaves out.
+    """
+    current, new = entry.pair.dns_names(), pair.dns_names()
+    lost = [host for host in entry.hosts if _covers(current, host) and not _covers(new, host)]
+    if lost:
+        raise PairError(
+            [
+                f"{entry.spec.cert}: the new certificate does not cover host(s) {', '.join(lost)}"
+                f" (it is for: {', '.join(new) or 'no DNS names'})"
+            ]
+        )
+
+
 def _select_alpn(protocols: Sequence[bytes]) -> Callable[..., bytes]:
     def select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
         for proto in protocols:
@@ -502,6 +521,7 @@ class CertificateStore:
             return False, []
         try:
             pair = load_pair(cert, key)
+            _still_covers(entry, pair)
             context = self._build_context(pair)
         except PairError as e:
             problems = list(e.problems)
