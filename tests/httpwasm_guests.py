@@ -446,3 +446,59 @@ MINIMAL = """
   (memory (export "memory") 1)
   (func (export "handle_request") (result i64) (i64.const 1)))
 """
+
+# -- host calls during start-up: get_config from a (start ...) section ---------
+
+_s = Strings()
+START_CONFIG = module(
+    _s,
+    f"""
+  (global $config_len (mut i32) (i32.const 0))
+  (func $init
+    ;; runs while the module is instantiated: memory must be reachable here
+    (call $log (i32.const 0) {_s("starting")})
+    (global.set $config_len (call $get_config (i32.const 16384) (i32.const 4096))))
+  (start $init)
+  (func (export "handle_request") (result i64)
+    (call $write_body (i32.const 1) (i32.const 16384) (global.get $config_len))
+    (i64.const 0))
+""",
+)
+
+# -- a response committed in handle_request, then next=1 -----------------------
+
+_s = Strings()
+COMMIT_THEN_NEXT = module(
+    _s,
+    f"""
+  (func (export "handle_request") (result i64)
+    (if (i64.ne (call $get_header_values (i32.const 0) {_s("x-status-only")} (i32.const 0) (i32.const 0)) (i64.const 0))
+      (then
+        (call $set_status_code (i32.const 203))
+        (return (i64.const 1))))
+    (call $set_status_code (i32.const 202))
+    (call $add_header_value (i32.const 1) {_s("x-early")} {_s("e")})
+    (call $write_body (i32.const 1) {_s("early ")})
+    (call $write_body (i32.const 1) {_s("body")})
+    (i64.const 1))
+""",
+)
+
+# -- the request's Content-Length, as the guest sees it --------------------------
+
+_s = Strings()
+CONTENT_LENGTH = module(
+    _s,
+    f"""
+  (func (export "_start")
+    (drop (call $enable_features (i32.const 1))))
+  (func (export "handle_request") (result i64)
+    (local $n i64)
+    (local.set $n (call $get_header_values (i32.const 0) {_s("content-length")} (i32.const 8192) (i32.const 64)))
+    (call $set_header_value (i32.const 1) {_s("x-seen-length")} (i32.const 8192)
+      (select (i32.sub (i32.wrap_i64 (local.get $n)) (i32.const 1)) (i32.const 0)
+              (i64.ne (local.get $n) (i64.const 0))))
+    (call $write_body (i32.const 0) {_s("new body!")})
+    (i64.const 1))
+""",
+)

@@ -616,3 +616,73 @@ def test_max_instances_bounds_requests_in_flight(engine: WasmEngine) -> None:
     f.run_response(held[0], FilterResponse(200, [], b""))
     f.run_request(make_request(path="/c"))  # the slot is free again
     f.close()
+
+
+# -- gaps found running third-party guests --------------------------------------
+
+
+def test_start_section_reads_config_and_logs(engine: WasmEngine) -> None:
+    """A (start ...) section that calls get_config and log sees the guest's memory."""
+    log, events = capture()
+    f = make(engine, h.START_CONFIG, "start", log=log, config={"secret": "x"})
+    answer = f.run_request(request())
+    assert isinstance(answer, Answer) and answer.body == b'{"secret":"x"}'
+    assert ("info", "starting") in messages(events)
+    f.close()
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "checked"])
+def test_raw_config_bytes_reach_get_config(raw: bool) -> None:
+    """config_raw / config_base64 give get_config the exact bytes (here 8 little-endian bytes)."""
+    eng = WasmEngine(raw_calls=raw)
+    try:
+        value = (1234567).to_bytes(8, "little")
+        f = make(eng, h.START_CONFIG, "raw", config_bytes=value)
+        answer = f.run_request(request())
+        assert isinstance(answer, Answer) and answer.body == value
+        f.close()
+    finally:
+        eng.stop()
+
+
+def test_response_committed_before_next_is_kept(engine: WasmEngine) -> None:
+    """Status and body set in handle_request survive next=1 (sent after the next handler)."""
+    from wasmgate.wasm.abi_httpwasm import ContinueWithResponse
+
+    f = make(engine, h.COMMIT_THEN_NEXT, "commit")
+    result = f.run_request(request(path="/a"))
+    assert isinstance(result, ContinueWithResponse) and isinstance(result, Continue)
+    assert result.response is not None
+    assert (result.response.status, result.response.body) == (202, b"early body")
+    assert result.response_headers == [("x-early", "e")]
+    assert result.request.path == "/a"
+    only = f.run_request(request(headers={"x-status-only": "1"}))
+    assert isinstance(only, ContinueWithResponse) and only.response is not None
+    assert (only.response.status, only.response.body) == (203, b"")
+    f.close()
+
+
+def test_untouched_response_continues_plainly(engine: WasmEngine) -> None:
+    from wasmgate.wasm.abi_httpwasm import ContinueWithResponse
+
+    f = make(engine, h.REWRITE, "plain")
+    result = f.run_request(request())
+    assert isinstance(result, Continue) and not isinstance(result, ContinueWithResponse)
+    f.close()
+
+
+def test_guest_sees_content_length_and_a_new_body_updates_it(engine: WasmEngine) -> None:
+    """
+    The request's Content-Length is an ordinary header to the guest (when
+    the proxy passes it on); a body the guest writes updates it for later
+    filters.
+    """
+    f = make(engine, h.CONTENT_LENGTH, "cl")
+    req = request(method="POST", headers=[("content-type", "text/plain"), ("content-length", "5")], body=b"hello")
+    result = f.run_request(req)
+    assert isinstance(result, Continue)
+    assert result.response_headers == [("x-seen-length", "5")]
+    assert result.request.body == b"new body!"
+    assert values(result.request.headers, "content-length") == ["9"]
+    assert values(result.request.headers, "content-type") == ["text/plain"]
+    f.close()

@@ -526,3 +526,51 @@ def test_long_counter_key_is_digested() -> None:
     assert max(len(k) for k in store.keys) < 200
     assert all("sha256:" in k for k in store.keys)
     assert len(store.keys) >= 2  # one bucket per token
+
+
+# -- a refused config says why, wherever it is loaded ---------------------------
+
+_PII = os.path.join(os.path.dirname(__file__), "..", "plugins", "pii_redactor.wasm")
+
+
+def test_config_refusal_carries_what_the_plugin_logged(engine):
+    """
+    The bundled redactor logs why it refuses a config; that reason is part
+    of the load error itself (so check, start-up and run_filter show it),
+    not only of `plugin inspect`.
+    """
+    from wasmgate.testing import run_filter
+
+    with open(_PII, "rb") as f:
+        module = engine.compile(f.read())
+    with pytest.raises(PluginLoadError) as info:
+        WasmFilter(name="pii", module=module, engine=engine, config={"email": True})
+    assert info.value.what.startswith("wasmgate_init refused the plugin's config (returned 1): ")
+    assert "unknown key 'email'" in info.value.what
+    with pytest.raises(PluginLoadError, match="unknown key 'email'"):
+        run_filter(_PII, config={"email": True})
+
+
+def test_config_refusal_reason_in_check(tmp_path):
+    from wasmgate.config import load_config
+    from wasmgate.wasm.runtime import check_plugins
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"plugins: [{{name: pii, path: {os.path.abspath(_PII)}, config: {{email: true}}}}]\n"
+        "routes: [{match: {path_prefix: /}, upstream: u, filters: [pii]}]\n"
+        "upstreams: {u: {targets: ['http://127.0.0.1:1']}}\n"
+    )
+    problems = check_plugins(load_config(str(path)))
+    assert len(problems) == 1 and "unknown key 'email'" in problems[0], problems
+
+
+def test_env_abort_import_has_a_build_hint(engine):
+    wat = """(module (import "env" "abort" (func (param i32 i32 i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "wasmgate_alloc") (param i32) (result i32) (i32.const 0))
+      (func (export "handle_request") (param i32 i32) (result i64) (i64.const 0)))"""
+    with pytest.raises(PluginLoadError) as info:
+        WasmFilter(name="a", module=engine.compile(wasmtime.wat2wasm(wat)), engine=engine)
+    assert "imports env.abort, which the host does not provide" in info.value.what
+    assert "--use abort=" in info.value.what

@@ -14,7 +14,12 @@ How it maps onto a wasmgate chain:
 
   - C{next=1}: L{Continue}; the later filters and the upstream are "the next
     handler". Response headers the guest set in C{handle_request} are added
-    to the eventual response (L{Continue.response_headers}).
+    to the eventual response (L{Continue.response_headers}). A guest that
+    also set the status or wrote a response body there has committed the
+    response, as it would have on the reference host (whose writer has sent
+    them by then): the result is a L{ContinueWithResponse} whose
+    C{response} is that status and body; the client gets them, followed by
+    the upstream's body, and the upstream's status and headers are dropped.
   - C{next=0}: L{Answer} with what the guest set (an untouched response is
     an empty 200).
   - C{handle_response} runs in the response phase on the instance that ran
@@ -70,6 +75,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Union
 
 import wasmtime
@@ -109,6 +115,21 @@ _HANDLE_RESPONSE = (("i32", "i32"), ())
 _INIT, _REQUEST, _RESPONSE = 0, 1, 2
 
 
+@dataclass
+class ContinueWithResponse(Continue):
+    """
+    Go on to the next handler, with a response the guest has committed
+    before it (see the module docstring): the client gets C{response}'s
+    status and body, then the next handler's body; C{response_headers}
+    are added as for any L{Continue}.
+
+    (The chain and proxy honour this once L{Continue} itself carries a
+    C{response}; until then it continues as a plain L{Continue}.)
+    """
+
+    response: Optional[FilterResponse] = None
+
+
 class _Exchange:
     """One request's state, from C{handle_request} to C{handle_response}."""
 
@@ -126,6 +147,7 @@ class _Exchange:
         "resp_src",
         "resp_read",
         "resp_written",
+        "committed",
     )
 
     def __init__(self, req: FilterRequest, features: int, bodies: bool) -> None:
@@ -149,6 +171,8 @@ class _Exchange:
         self.resp_src: Optional[bytes] = None
         self.resp_read = 0
         self.resp_written = False
+        self.committed = False
+        """The guest set the status or wrote the response body before the next handler."""
 
     def enter_response(self, resp: FilterResponse) -> None:
         self.phase = _RESPONSE
@@ -278,6 +302,12 @@ class HttpWasmAbi:
             ex.resp = FilterResponse(status=200, headers=[], body=None)
         else:
             cur.ex = None
+        if ex.committed:
+            return ContinueWithResponse(
+                req,
+                response_headers=list(resp.headers),
+                response=FilterResponse(status=resp.status, headers=[], body=resp.body or b""),
+            )
         return Continue(req, response_headers=list(resp.headers))
 
     # -- response phase ---------------------------------------------------
@@ -513,11 +543,17 @@ class HttpWasmAbi:
             req.body = (req.body or b"") + data if ex.req_written else data
             ex.req_written = True
             ex.req_tail = False
+            if any(n == "content-length" for n, _ in req.headers):
+                # Later filters see the length of the body they will get
+                # (the proxy frames the upstream request itself).
+                req.headers = [(n, v) for n, v in req.headers if n != "content-length"]
+                req.headers.append(("content-length", str(len(req.body))))
         elif kind == BODY_RESPONSE:
             _after_next_needs(ex, FEATURE_BUFFER_RESPONSE, "write the response body")
             resp = ex.resp
             resp.body = (resp.body or b"") + data if ex.resp_written else data
             ex.resp_written = True
+            ex.committed = ex.committed or ex.phase == _REQUEST
         else:
             raise GuestFault("unknown body kind %d" % (kind,))
 
@@ -530,6 +566,7 @@ class HttpWasmAbi:
         if not 100 <= code <= 599:
             raise GuestFault("invalid status code %d" % (code,))
         ex.resp.status = code
+        ex.committed = ex.committed or ex.phase == _REQUEST
 
 
 ABI = HttpWasmAbi
