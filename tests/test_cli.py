@@ -426,6 +426,8 @@ def test_twistd_plugin_ships_in_the_wheel(tmp_path):
     assert "twisted/plugins/__init__.py" not in names
     assert not [n for n in names if n.startswith("twisted/") and n != "twisted/plugins/wasmgate_plugin.py"]
     assert "wasmgate/__init__.py" in names and "wasmgate/wasm/_raw.py" in names
+    templates = sorted(p.name for p in (ROOT / "wasmgate" / "_template").iterdir())
+    assert templates and all(f"wasmgate/_template/{t}" in names for t in templates)  # plugin new
 
     installed = tmp_path / "installed"
     zipfile.ZipFile(wheel).extractall(installed)

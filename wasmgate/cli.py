@@ -150,6 +150,24 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _new_plugin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from wasmgate.scaffold import ScaffoldError, write_project
+
+    directory = Path(args.dir if args.dir is not None else args.name)
+    try:
+        project = write_project(args.name, directory=directory, sdk=args.sdk)
+    except ScaffoldError as e:
+        print(f"wasmgate plugin new: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote filter project {args.name} in {directory}/ (wasmgate-sdk: {project.sdk}):")
+    for path in project.files:
+        print(f"  {path}")
+    print(f"next: cd {directory} && npm install && npm run build && python -m pytest")
+    return 0
+
+
 def _demo_upstream(args: argparse.Namespace) -> int:
     from wasmgate.demo import run_demo_upstream
 
@@ -214,6 +232,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--plugin-config-json", metavar="JSON", help="the plugin's config inline, e.g. '{\"limit\": 10}'"
     )
     inspect.set_defaults(run=_inspect)
+
+    new = plugin_commands.add_parser(
+        "new",
+        help="write a filter project (AssemblyScript on the SDK) that builds and passes its test",
+        description="Write a ready-to-build filter project: assembly/index.ts on the wasmgate SDK,"
+        " package.json, the build settings and a pytest file using wasmgate.testing."
+        " Then: cd NAME && npm install && npm run build && python -m pytest",
+    )
+    new.add_argument("name", metavar="NAME", help="the filter's name (also its directory and .wasm file)")
+    new.add_argument("--dir", metavar="DIR", help="where to write it (default: ./NAME)")
+    new.add_argument(
+        "--sdk",
+        metavar="PATH|SPEC",
+        help="the SDK: the path of plugins/sdk, or any npm spec for it (a tarball, a URL);"
+        " default: plugins/sdk of the checkout wasmgate runs from",
+    )
+    new.set_defaults(run=_new_plugin)
 
     demo = commands.add_parser("demo-upstream", help="run an echo server to proxy to")
     demo.add_argument("--port", type=int, default=9000)
