@@ -62,6 +62,75 @@ def end_to_end(headers: Sequence[Header], drop: frozenset[bytes]) -> list[Header
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+class Forwarded:
+    """The headers to send upstream, and what was learnt reading the client's."""
+
+    __slots__ = ("headers", "client_ip", "scheme", "user_agent", "declared_length")
+
+    def __init__(self) -> None:
+        self.headers: list[Header] = []
+        self.client_ip = ""
+        """After trusted-proxy handling."""
+        self.scheme = "http"
+        self.user_agent: Optional[bytes] = None
+        self.declared_length = False
+        """The client sent a Content-Length (a zero one is passed on)."""
+
+
+def upstream_headers(
+    headers: Sequence[Header],
+    *,
+    host: str,
+    peer: str,
+    secure: bool,
+    trusted: Sequence[Network],
+    drop: frozenset[bytes],
+) -> Forwarded:
+    """
+    The client's end-to-end headers for the upstream, in one pass: Host
+    first (C{host}: the one the request was routed by), X-Forwarded-For,
+    -Proto and -Host last. C{drop} holds what is not passed on (see
+    L{dropping}); it must hold the hop-by-hop names and those four.
+    """
+    out = Forwarded()
+    sent = out.headers = [(b"host", host.encode("latin-1"))] if host else []
+    xff_in: list[bytes] = []
+    proto_in = host_in = None
+    tokens: Optional[set[bytes]] = None
+    for header in headers:
+        name = header[0]
+        if name in drop:
+            if name == b"x-forwarded-for":
+                xff_in.append(header[1])
+            elif name == b"x-forwarded-proto":
+                proto_in = proto_in or header[1]
+            elif name == b"x-forwarded-host":
+                host_in = host_in or header[1]
+            elif name == b"connection":
+                tokens = tokens or set()
+                tokens.update(t.strip().lower() for t in header[1].split(b","))
+            elif name == b"content-length":
+                out.declared_length = True
+            continue
+        if name.startswith(b"proxy-"):
+            continue
+        if name == b"user-agent":
+            out.user_agent = header[1]
+        sent.append(header)
+    if tokens:
+        sent[:] = [h for h in sent if h[0] not in tokens]
+    xff, out.client_ip = forwarded_for(peer, xff_in, trusted)
+    out.scheme, forwarded_host = forwarded_scheme_and_host(
+        peer, trusted, scheme="https" if secure else "http", host=host,
+        incoming_proto=proto_in, incoming_host=host_in,
+    )
+    sent.append((b"x-forwarded-for", xff.encode("latin-1")))
+    sent.append((b"x-forwarded-proto", out.scheme.encode("latin-1")))
+    if forwarded_host:
+        sent.append((b"x-forwarded-host", forwarded_host.encode("latin-1")))
+    return out
+
+
 @functools.lru_cache(maxsize=4096)
 def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     if not trusted:
