@@ -100,3 +100,21 @@ def test_run_response_filter_drives_an_http_wasm_guest() -> None:
     assert (hw.hex_field(headers["x-ctx"]), hw.hex_field(headers["x-err"])) == (7, 0)
     with pytest.raises(ValueError, match="answered the request itself"):
         run_response_filter(hw.ANSWER)
+
+
+def test_run_filter_runs_extism_plugins():
+    """wasmgate.testing runs Extism plugins as the gateway does (the seed's contract)."""
+    import os
+
+    from wasmgate.testing import FilterHarness, run_filter
+    from wasmgate.wasm.messages import Answer, Continue
+
+    here = os.path.join(os.path.dirname(__file__), "..", "plugins", "extism")
+    result = run_filter(os.path.join(here, "header_redactor.wasm"), headers={"authorization": "Bearer x", "a": "b"})
+    assert isinstance(result, Continue)
+    assert sorted(result.request.headers) == [("a", "b"), ("authorization", "REDACTED")]
+    with FilterHarness(os.path.join(here, "rate_limiter.wasm"), config={"limit": 1}) as h:
+        assert isinstance(h.request(), Continue)
+        blocked = h.request()
+        assert isinstance(blocked, Answer) and blocked.status == 429
+        assert ("retry-after", "60") in blocked.headers

@@ -114,6 +114,8 @@ class FilterHarness:
         fuel: Optional[int] = None,
         failure_policy: str = "closed",
         log: Any = None,
+        config_bytes: Optional[bytes] = None,
+        export: str = "handler",
     ) -> None:
         self.engine = WasmEngine(fuel=fuel is not None)
         self.state = state if state is not None else memory_store()
@@ -128,6 +130,8 @@ class FilterHarness:
                 fuel=fuel,
                 config=config or {},
                 include_body=include_body,
+                config_bytes=config_bytes,
+                export=export,
                 state=self.state,
                 log=log,
             )
@@ -209,13 +213,17 @@ def run_filter(
     fuel: Optional[int] = None,
     route_config: Optional[dict] = None,
     name: str = "plugin",
+    config_bytes: Optional[bytes] = None,
+    export: str = "handler",
     **request_fields: Any,
 ) -> Union[Answer, Continue]:
     """
     Load C{wasm} and run its request phase once.
 
     Give a L{FilterRequest}, or its fields as keywords (C{method}, C{path},
-    C{query}, C{headers}, C{client_ip}, C{body}, C{route}).
+    C{query}, C{headers}, C{client_ip}, C{body}, C{route}). Any ABI runs:
+    the wasmgate JSON ABI, http-wasm, Extism (C{export} names the function
+    an Extism plugin's calls go to; C{config_bytes} is C{config_raw:}).
     """
     with FilterHarness(
         wasm,
@@ -226,6 +234,8 @@ def run_filter(
         timeout_ms=timeout_ms,
         memory_limit_mb=memory_limit_mb,
         fuel=fuel,
+        config_bytes=config_bytes,
+        export=export,
     ) as h:
         return h.request(request, route_config=route_config, **request_fields)
 

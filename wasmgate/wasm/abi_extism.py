@@ -106,8 +106,16 @@ _HEADER = struct.Struct("<QQQ")
 _LIMIT = struct.Struct("<Q")
 
 
+_VAR_OVERHEAD = 48
+"""What Extism counts per var on top of its key and value (a String and a Vec)."""
+
+
 class VarStore:
-    """One plugin's vars: bytes to bytes, bounded, shared by its instances."""
+    """
+    One plugin's vars: bytes to bytes, bounded, shared by its instances.
+    The bound is counted as Extism counts it: every var's key, value and
+    L{_VAR_OVERHEAD}, plus the one being set (even when it replaces one).
+    """
 
     def __init__(self, max_bytes: int = MAX_VAR_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -118,19 +126,22 @@ class VarStore:
     def get(self, key: bytes) -> Optional[bytes]:
         return self._vars.get(key)
 
+    def check(self, key: bytes, value_length: int) -> None:
+        """L{GuestFault} if setting C{key} to that many bytes would pass the bound."""
+        if self._size + _VAR_OVERHEAD + len(key) + value_length > self.max_bytes:
+            raise GuestFault("Variable store is full (%d bytes of vars at most)" % (self.max_bytes,))
+
     def set(self, key: bytes, value: Optional[bytes]) -> None:
         """Set (or with C{None} remove) C{key}; L{GuestFault} past the bound."""
         with self._lock:
-            old = self._vars.get(key)
-            size = self._size - (len(key) + len(old) if old is not None else 0)
-            if value is None:
-                self._vars.pop(key, None)
-            else:
-                size += len(key) + len(value)
-                if size > self.max_bytes:
-                    raise GuestFault("var store full (%d bytes of vars at most)" % (self.max_bytes,))
+            if value is not None:
+                self.check(key, len(value))
+            old = self._vars.pop(key, None)
+            if old is not None:
+                self._size -= _VAR_OVERHEAD + len(key) + len(old)
+            if value is not None:
                 self._vars[key] = value
-            self._size = size
+                self._size += _VAR_OVERHEAD + len(key) + len(value)
 
     def __len__(self) -> int:
         return len(self._vars)
@@ -170,7 +181,7 @@ class ExtismAbi:
     @classmethod
     def used_functions(cls, module: wasmtime.Module) -> list[str]:
         """The C{extism:host/env} functions C{module} imports (for C{plugin inspect})."""
-        return [i.name for i in module.imports if i.module == MODULE]
+        return sorted({i.name for i in module.imports if i.module == MODULE})
 
     def __init__(self, filt: Any) -> None:
         self.filter = filt
@@ -213,6 +224,7 @@ class ExtismAbi:
         st["begin"] = path.export_caller(store, exports["wasmgate_begin"], (_I64,), (_I64,))
         st["alloc"] = path.export_caller(store, exports["alloc"], (_I64,), (_I64,))
         st["length"] = path.export_caller(store, exports["length"], (_I64,), (_I64,))
+        st["free"] = path.export_caller(store, exports["free"], (_I64,), ())
         return {(MODULE, name): exports[name] for name in EXTISM_NAMES}
 
     def setup(self, ctx: InstanceContext) -> None:
@@ -257,7 +269,14 @@ class ExtismAbi:
                 raise OverMemoryCap("the input (%d bytes) does not fit in the kernel's memory" % (n,))
             kbase, ksize = span(store, kmem)
             _raw.write(kbase, ksize, offset, data)
-        rc = st["call"]()
+        try:
+            rc = st["call"]()
+        except _raw.GuestTrap as e:
+            # A PDK's abort sets the error before it traps: say it.
+            said = self._error_text(ctx, self._error_offset(ctx))
+            if said:
+                raise _raw.GuestTrap(e.code, "%s (plugin error: %s)" % (e.message, said)) from None
+            raise
         kbase, ksize = span(store, kmem)
         guest = ctx.span()[1]
         total = ctx.mem_size = guest + ksize
@@ -275,7 +294,14 @@ class ExtismAbi:
         except IndexError:
             raise BadOutput("output range %d+%d is outside the kernel's memory" % (out_off, out_len)) from None
 
+    @staticmethod
+    def _error_offset(ctx: InstanceContext) -> int:
+        kbase, ksize = ctx.path.memory_span(ctx.store, ctx.abi_state["kmem"])
+        return int(_LIMIT.unpack(_raw.read(kbase, ksize, ERROR_OFFSET, 8))[0])
+
     def _error_text(self, ctx: InstanceContext, offset: int) -> str:
+        if not offset:
+            return ""
         n = ctx.abi_state["length"](offset) & _U64
         if not n:
             return "(error set to no valid memory block)"
@@ -325,24 +351,35 @@ class ExtismAbi:
 
     # Each C{_x(ctx)} returns the host function for that instance.
 
+    # As in Extism, these take ownership of the blocks they are given (keys,
+    # values, log lines): they free them. A handle that is no live block
+    # traps.
+
     def _config_get(self, ctx: InstanceContext) -> _raw.HostFn:
         def config_get(base: int, size: int, key: int) -> int:
-            value = self.config.get(_read_block(ctx, key))
+            value = self.config.get(_take_block(ctx, key, "config key"))
             return 0 if value is None else _new_block(ctx, value)
 
         return config_get
 
     def _var_get(self, ctx: InstanceContext) -> _raw.HostFn:
         def var_get(base: int, size: int, key: int) -> int:
-            value = self.vars.get(_read_block(ctx, key))
+            value = self.vars.get(_take_block(ctx, key, "var key"))
             return 0 if value is None else _new_block(ctx, value)
 
         return var_get
 
     def _var_set(self, ctx: InstanceContext) -> _raw.HostFn:
         def var_set(base: int, size: int, key: int, value: int) -> None:
-            name = _read_block(ctx, key)
-            self.vars.set(name, _read_block(ctx, value) if value else None)
+            name = _block(ctx, key, "var key")
+            if not value:
+                self.vars.set(name, None)
+                ctx.abi_state["free"](key)
+                return
+            data = _block(ctx, value, "var value")
+            self.vars.set(name, data)
+            ctx.abi_state["free"](value)
+            ctx.abi_state["free"](key)
 
         return var_set
 
@@ -351,10 +388,11 @@ class ExtismAbi:
 
         def make(ctx: InstanceContext) -> _raw.HostFn:
             def log(base: int, size: int, offset: int) -> None:
-                if level is None:
+                if level is None:  # below the log level: dropped (and freed)
+                    ctx.abi_state["free"](offset)
                     return
-                text = _read_block(ctx, offset, limit=MAX_LOG_MESSAGE).decode("utf-8", "replace")
-                env.log_text(level, text)
+                text = _take_block(ctx, offset, "log message", limit=MAX_LOG_MESSAGE)
+                env.log_text(level, text.decode("utf-8", "replace"))
 
             return log
 
@@ -376,12 +414,12 @@ def _no_network(base: int, size: int, *args: int) -> int:
     raise GuestFault("Extism HTTP requests are refused: wasmgate filters have no network access")
 
 
-def _read_block(ctx: InstanceContext, offset: int, limit: Optional[int] = None) -> bytes:
-    """The bytes of the kernel block at C{offset} (b"" for no block)."""
+def _block(ctx: InstanceContext, offset: int, what: str, limit: Optional[int] = None) -> bytes:
+    """The bytes of the kernel block at C{offset}; L{GuestFault} when it is none."""
     st = ctx.abi_state
     n = st["length"](offset) & _U64
     if not n:
-        return b""
+        raise GuestFault("invalid handle offset for %s: %d" % (what, offset & _U64))
     if limit is not None:
         n = min(n, limit)
     kbase, ksize = ctx.path.memory_span(ctx.store, st["kmem"])
@@ -389,6 +427,13 @@ def _read_block(ctx: InstanceContext, offset: int, limit: Optional[int] = None) 
         return _raw.read(kbase, ksize, offset, n)
     except IndexError as e:
         raise GuestFault(str(e)) from None
+
+
+def _take_block(ctx: InstanceContext, offset: int, what: str, limit: Optional[int] = None) -> bytes:
+    """L{_block}, then the block is freed (the host owns it now)."""
+    data = _block(ctx, offset, what, limit)
+    ctx.abi_state["free"](offset)
+    return data
 
 
 def _new_block(ctx: InstanceContext, data: bytes) -> int:

@@ -36,6 +36,10 @@ class InspectReport:
     exports: list[str] = field(default_factory=list)
     memory: str = ""
     response_filter: bool = False
+    uses: list[str] = field(default_factory=list)
+    """The ABI's host functions the module imports (Extism: its C{extism:host/env} ones)."""
+    calls: str = ""
+    """The export the gateway calls, for ABIs where config chooses it (Extism)."""
     problems: list[str] = field(default_factory=list)
     config_refused: str = ""
     """Why C{wasmgate_init} refused a config that was only a stand-in (see
@@ -51,6 +55,8 @@ class InspectReport:
             "exports": list(self.exports),
             "memory": self.memory,
             "response_filter": self.response_filter,
+            "uses": list(self.uses),
+            "calls": self.calls,
             "problems": list(self.problems),
             "config_refused": self.config_refused,
         }
@@ -61,6 +67,12 @@ class InspectReport:
             "  ABI:      %s" % (self.abi,),
             "  memory:   %s" % (self.memory or "none exported",),
             "  response: %s" % ("yes (handle_response)" if self.response_filter else "no",),
+        ]
+        if self.calls:
+            lines.append("  calls:    %s" % (self.calls,))
+        if self.uses:
+            lines.append("  uses:     %s" % (", ".join(self.uses),))
+        lines += [
             "  imports:",
         ]
         lines += ["    " + i for i in self.imports] or ["    (none)"]
@@ -110,6 +122,7 @@ def inspect_module(
     config_known: bool = True,
     memory_limit_mb: float = 16,
     name: Optional[str] = None,
+    export: str = "handler",
 ) -> InspectReport:
     """
     Describe C{source} (wasm bytes or a file path) and try to load it with
@@ -148,6 +161,10 @@ def inspect_module(
     if abi is not None:
         report.abi = abi.name
         report.response_filter = bool(abi.speaks_response(module))
+        used = getattr(abi, "used_functions", None)
+        if used is not None:
+            report.uses = list(used(module))
+            report.calls = export
     store = MemoryCounterStore(max_keys=1000)
     try:
         f = WasmFilter(
@@ -156,6 +173,7 @@ def inspect_module(
             engine=engine,
             config=dict(config or {}),
             memory_limit_mb=memory_limit_mb,
+            export=export,
             state=store,
             log=Logger(namespace="wasmgate.inspect", observer=lambda event: None),
         )
