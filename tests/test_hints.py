@@ -20,7 +20,7 @@ def test_env_abort_names_the_flag_the_sdk_builds_with():
     assert f"--use {use}" in hint
     assert "--use abort=sdk/abort/wasmgateAbort" in (PLUGINS / "build.sh").read_text()
     assert "abort=sdk/abort/wasmgateAbort" in hint
-    assert "plugins/README.md" in hint and (PLUGINS / "README.md").exists()
+    assert "plugins/sdk/README.md" in hint
 
 
 def test_other_assemblyscript_imports():
@@ -58,3 +58,15 @@ def test_a_load_error_carries_the_hint():
     with pytest.raises(PluginLoadError) as refused:
         run_filter(ABORT_IMPORT)
     assert import_hint("env", "abort") in str(refused.value)
+
+
+def test_every_file_a_hint_points_at_exists():
+    import re
+
+    from wasmgate.wasm import _hints
+
+    root = PLUGINS.parent
+    texts = list(_hints._HINTS.values()) + list(_hints._MODULE_HINTS.values())
+    mentioned = {m for text in texts for m in re.findall(r"\b(?:docs|plugins)/[\w./-]+\.md", text)}
+    assert mentioned >= {"docs/abi.md", "docs/http-wasm.md", "plugins/sdk/README.md"}
+    assert all((root / path).is_file() for path in mentioned), mentioned

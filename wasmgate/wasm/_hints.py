@@ -16,7 +16,7 @@ _HINTS = {
     ("env", "abort"): (
         f"AssemblyScript's abort handler: build with --use abort={SDK_ABORT}, as the"
         " SDK's asconfig.json does, or abort=sdk/abort/wasmgateAbort with a copy of"
-        " plugins/sdk; see plugins/README.md"
+        " plugins/sdk; see plugins/sdk/README.md"
     ),
     ("env", "trace"): (
         "AssemblyScript imports it for trace(): remove the trace() calls and log"
