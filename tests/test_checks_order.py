@@ -134,3 +134,22 @@ def test_another_plugin_with_a_headers_setting_is_not_a_redactor(tmp_path):
     assert warnings_for(
         tmp_path, plugins, "  - {match: {path_prefix: /}, upstream: u, filters: [adder, rate_limiter]}\n"
     ) == []
+
+
+def redacted_by_the_plugin(config: dict) -> set[str]:
+    """The request headers the real pii_redactor.wasm replaces with REDACTED under C{config}."""
+    from wasmgate.testing import run_filter
+    from wasmgate.wasm.messages import Continue
+
+    names = ["authorization", "cookie", "x-api-key", "x-token", "x-other", "set-cookie"]
+    result = run_filter(PLUGINS / "pii_redactor.wasm", headers={n: "secret" for n in names}, config=config)
+    assert isinstance(result, Continue)
+    return {name for name, value in result.request.headers if value == "REDACTED"}
+
+
+def test_the_check_knows_what_the_redactor_redacts():
+    """The check's idea of the redactor is the plugin's behaviour, default and configured."""
+    from wasmgate.checks import REDACTED_BY_DEFAULT
+
+    assert redacted_by_the_plugin({}) == set(REDACTED_BY_DEFAULT)
+    assert redacted_by_the_plugin({"headers": [" X-Token ", "Cookie"]}) == {"x-token", "cookie"}
