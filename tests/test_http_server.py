@@ -13,7 +13,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from wasmgate.http.message import BodyTimedOut, BodyTooLarge, IncomingRequest
-from wasmgate.http.server import HTTPServerFactory, Message, ServerSettings
+from wasmgate.http._h1message import Message
+from wasmgate.http.factory import HTTPServerFactory, ServerSettings
 
 
 class Taken:

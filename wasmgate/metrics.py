@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from wasmgate.generation import Generation
     from wasmgate.http.message import RequestRecord
     from wasmgate.filterjobs import BatchingRunner
-    from wasmgate.http.server import HTTPServerFactory
+    from wasmgate.http.factory import HTTPServerFactory
 
 _ID_SEGMENT = re.compile(
     r"""^(

@@ -31,7 +31,7 @@ from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterReque
 
 if TYPE_CHECKING:
     from wasmgate.generation import Generation, RouteRuntime
-    from wasmgate.http.server import ServerSettings
+    from wasmgate.http.factory import ServerSettings
     from wasmgate.wasm.chain import RequestRun
 
 log = Logger()

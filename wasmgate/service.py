@@ -22,7 +22,7 @@ from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_con
 from wasmgate.filterpool import FilterThreadPool
 from wasmgate.generation import Generation, build_generation
 from wasmgate.http.message import RequestRecord
-from wasmgate.http.server import HTTPServerFactory, ServerSettings
+from wasmgate.http.factory import HTTPServerFactory, ServerSettings
 from wasmgate.metrics import GatewayMetrics
 from wasmgate.systemd import Notifier
 from wasmgate.tls import (

@@ -15,215 +15,35 @@ C{start_exchange}.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Optional, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Optional
 
 import httptools
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from wasmgate.http import _wire
+from wasmgate.http._h1head import check_head
+from wasmgate.http._h1message import Message
 from wasmgate.http._timers import Deadline, StallWatch
 from wasmgate.http.message import (
     BodyMalformed,
     BodyTimedOut,
     ClientGone,
-    Header,
-    IncomingRequest,
-    RequestBody,
     RequestRecord,
 )
+
+if TYPE_CHECKING:
+    from wasmgate.http.factory import HTTPServerFactory
 
 log = Logger()
 
 
-class ServerSettings:
-    """Limits and timeouts of the client side; a reload changes them in place."""
-
-    def __init__(
-        self,
-        *,
-        max_body_bytes: int = 1024 * 1024,
-        read_timeout: float = 10.0,
-        idle_timeout: float = 60.0,
-        write_timeout: float = 10.0,
-        max_request_line: int = 8192,
-        max_header_bytes: int = 65536,
-        max_headers: int = 100,
-        max_connections: int = 10_000,
-        banner: Optional[bytes] = None,
-    ) -> None:
-        self.max_body_bytes = max_body_bytes
-        self.read_timeout = read_timeout
-        self.idle_timeout = idle_timeout
-        self.write_timeout = write_timeout
-        self.max_request_line = max_request_line
-        self.max_header_bytes = max_header_bytes
-        self.max_headers = max_headers
-        self.max_connections = max_connections
-        self.banner = banner
-        """A C{Server} header for answers the gateway writes itself."""
-
-
-class Exchange(TypingProtocol):
-    """What the exchange core gives back for a request it took on."""
-
-    def client_gone(self) -> None:
-        """The client's connection closed before the response was done."""
-
-
-StartExchange = Callable[[IncomingRequest, "Message"], Exchange]
 
 
 class _Stop(Exception):
     """Raised inside a parser callback to stop parsing this connection."""
-
-
-class Message:
-    """
-    One request on a connection, and the L{ResponseChannel} its answer
-    goes out on.
-    """
-
-    __slots__ = (
-        "protocol", "url", "url_size", "headers", "header_bytes", "wire_bytes", "arrived", "request", "body",
-        "keep_alive", "head_only", "version11", "headers_done", "ended", "exchange", "refusal",
-        "expect_continue", "started_response", "status", "sent_bytes", "chunked", "finished",
-    )
-
-    def __init__(self, protocol: "HTTP11ServerProtocol", arrived: float) -> None:
-        self.protocol = protocol
-        self.url: list[bytes] = []
-        self.url_size = 0
-        self.headers: list[Header] = []
-        self.header_bytes = 0
-        self.wire_bytes = 0
-        self.arrived = arrived
-        self.request: Optional[IncomingRequest] = None
-        self.body: Optional[RequestBody] = None
-        self.keep_alive = True
-        self.head_only = False
-        self.version11 = True
-        self.headers_done = False
-        self.ended = False
-        self.exchange: Optional[Exchange] = None
-        self.refusal: Optional[tuple[int, bytes]] = None
-        self.expect_continue = False
-        self.started_response = False
-        self.status = 0
-        self.sent_bytes = 0
-        self.chunked = False
-        self.finished = False
-
-    # -- ResponseChannel ---------------------------------------------------
-
-    @property
-    def started(self) -> bool:
-        """Whether the response head is out."""
-        return self.started_response
-
-    def respond(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[Header],
-        *,
-        length: Optional[int],
-        body: Optional[bytes] = None,
-    ) -> None:
-        protocol = self.protocol
-        if self.started_response or protocol.transport is None:
-            return
-        self.started_response = True
-        self.status = status
-        no_body = self.head_only or status == 204 or status == 304 or status < 200
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), _wire.header_block(headers)]
-        if length is not None and status != 204 and status >= 200:
-            parts.append(b"Content-Length: %d\r\n" % (length,))
-        elif not no_body:
-            if self.version11:
-                self.chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                self.keep_alive = False  # the body ends when the connection does
-        if protocol.factory.draining or protocol.closing or (body is not None and not self.ended):
-            # (Answered whole before the request body is in: the rest of
-            # it will not be read, so the connection ends here.)
-            self.keep_alive = False
-        if not self.keep_alive:
-            parts.append(b"Connection: close\r\n")
-        elif not self.version11:
-            parts.append(b"Connection: keep-alive\r\n")
-        if not _has_date(headers):
-            parts.append(b"Date: " + protocol.factory.date(protocol.clock.seconds()) + b"\r\n")
-        parts.append(b"\r\n")
-        if body is not None:
-            if not no_body:
-                parts.append(body)
-                self.sent_bytes = len(body)
-            protocol.transport.write(b"".join(parts))
-            self.finish()
-            return
-        protocol.transport.write(b"".join(parts))
-
-    def write(self, data: bytes) -> None:
-        transport = self.protocol.transport
-        if self.finished or transport is None or not data or self.head_only:
-            return
-        self.sent_bytes += len(data)
-        transport.write(_wire.chunk(data) if self.chunked else data)
-
-    def finish(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if self.chunked and self.protocol.transport is not None:
-            self.protocol.transport.write(_wire.LAST_CHUNK)
-        self.protocol.response_done(self)
-
-    def abort(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self.protocol.abort()
-
-    def pause_upstream_with(self, producer: IPushProducer) -> None:
-        protocol = self.protocol
-        if protocol.transport is None or self.finished:
-            producer.stopProducing()
-            return
-        watch = StallWatch(
-            producer, clock=protocol.clock, timeout=protocol.settings.write_timeout,
-            on_stall=protocol.write_stalled,
-        )
-        protocol.stall_watch = watch
-        protocol.transport.registerProducer(watch, True)
-
-    def stop_pausing(self) -> None:
-        self.protocol.unregister_stall_watch()
-
-    # -- BodySource ----------------------------------------------------------
-
-    def pause_body(self) -> None:
-        self.protocol.pause_reading("body")
-
-    def resume_body(self) -> None:
-        self.protocol.resume_reading("body")
-
-    def body_wanted(self) -> None:
-        if self.expect_continue and not self.started_response and self.protocol.transport is not None:
-            self.expect_continue = False
-            self.protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-
-def _has_date(headers: list[Header]) -> bool:
-    for name, _ in headers:
-        if name == b"date":
-            return True
-    return False
 
 
 class HTTP11ServerProtocol(Protocol):
@@ -390,7 +210,7 @@ class HTTP11ServerProtocol(Protocol):
         message = self._parsing
         assert message is not None
         message.headers_done = True
-        refusal = self._check(message)
+        refusal = check_head(message, self._parser, self.settings, peer=(self._peer_host, self._peer_port), secure=self._secure)
         if refusal is not None:
             self._refuse(message, *refusal)
             raise _Stop()
@@ -419,59 +239,6 @@ class HTTP11ServerProtocol(Protocol):
         if message.body is not None:
             message.body.end()
         self._rearm()
-
-    def _check(self, message: Message) -> Optional[tuple[int, bytes]]:
-        """Build the request, or say why it is refused."""
-        parser = self._parser
-        version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            return 400, b"HTTP/0.9 requests are not supported\n"
-        method = parser.get_method()
-        message.version11 = version == "1.1"
-        message.keep_alive = parser.should_keep_alive()
-        message.head_only = method == b"HEAD"
-        if method == b"CONNECT":
-            return 405, b"CONNECT is not supported\n"
-        headers = message.headers
-        hosts = 0
-        length: Optional[int] = None
-        chunked = False
-        for name, value in headers:
-            if name == b"host":
-                hosts += 1
-            elif name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    return 501, b"transfer coding not supported\n"
-                if not message.version11:
-                    return 400, b"Transfer-Encoding in an HTTP/1.0 request\n"
-                chunked = True
-            elif name == b"expect":
-                if value.strip().lower() != b"100-continue" or not message.version11:
-                    return 417, b"unsupported expectation\n"
-                message.expect_continue = True
-        if hosts > 1 or (hosts == 0 and message.version11):
-            return 400, b"a request needs exactly one Host header\n"
-        if length is not None and length > self.settings.max_body_bytes:
-            return 413, b"request body too large\n"
-        body = None
-        if chunked or length:
-            body = message.body = RequestBody(message, length=length, limit=self.settings.max_body_bytes)
-        else:
-            message.expect_continue = False
-        message.request = IncomingRequest(
-            method=method,
-            target=b"".join(message.url),
-            version=b"HTTP/1.1" if message.version11 else b"HTTP/1.0",
-            headers=headers,
-            peer_host=self._peer_host,
-            peer_port=self._peer_port,
-            secure=self._secure,
-            body=body,
-            started=message.arrived,
-        )
-        return None
 
     # -- answering -----------------------------------------------------------
 
@@ -644,90 +411,3 @@ class HTTP11ServerProtocol(Protocol):
         self._parsing = None
         self._stop_reading()
         parsing.body.fail(BodyTimedOut())
-
-
-class _Refused(Protocol):
-    """A connection over the limit: closed as soon as it is made."""
-
-    def connectionMade(self) -> None:
-        self.transport.abortConnection()
-
-
-class HTTPServerFactory(Factory):
-    """
-    Builds L{HTTP11ServerProtocol}s for one gateway: its settings, the
-    exchange core to hand requests to, and a sink for requests refused
-    before they reach it (for the access log and metrics).
-    """
-
-    noisy = False
-
-    def __init__(
-        self,
-        *,
-        clock: IReactorTime,
-        settings: ServerSettings,
-        start_exchange: StartExchange,
-        refused: Callable[[RequestRecord], None],
-    ) -> None:
-        self.clock = clock
-        self.settings = settings
-        self.start_exchange = start_exchange
-        self.refused = refused
-        self.connections: set[HTTP11ServerProtocol] = set()
-        self.draining = False
-        self.date = _wire.DateCache().value
-        self._closed: list[Deferred[None]] = []
-        self.refused_connections = 0
-        """Connections closed at once: C{max_connections} were open, none idle."""
-        self.idle_closed = 0
-        """Kept-alive idle connections closed to make room for new ones."""
-
-    def buildProtocol(self, addr: object) -> Protocol:
-        """
-        A protocol for a new connection; past C{max_connections}, a
-        kept-alive connection idle the longest is closed to make room, and
-        with none idle the new one is closed at once (and counted).
-        """
-        if len(self.connections) >= self.settings.max_connections:
-            idle = [p for p in self.connections if p.idle and not p.closing and p.transport is not None]
-            if not idle:
-                self.refused_connections += 1
-                if self.refused_connections & (self.refused_connections - 1) == 0:  # 1, 2, 4, 8...
-                    log.warn(
-                        "server.max_connections ({n}) reached: new connections are closed"
-                        " ({count} so far)", n=self.settings.max_connections, count=self.refused_connections,
-                    )
-                return _Refused()
-            self.idle_closed += 1
-            min(idle, key=lambda p: p.idle_since).close_idle()
-        return HTTP11ServerProtocol(self)
-
-    def drain(self) -> None:
-        """Stop keeping connections alive; close those waiting for a request."""
-        self.draining = True
-        for protocol in list(self.connections):
-            protocol.drain()
-
-    def closed(self) -> "Deferred[None]":
-        """Fires once every connection is closed (its last response flushed)."""
-        if not self.connections:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._closed.append(d)
-        return d
-
-    def abort_all(self) -> None:
-        """Cut every connection (the shutdown timeout passed)."""
-        for protocol in list(self.connections):
-            protocol.abort()
-
-    def connection_closed(self, protocol: HTTP11ServerProtocol) -> None:
-        self.connections.discard(protocol)
-        if not self.connections and self._closed:
-            waiting, self._closed = self._closed, []
-            for d in waiting:
-                d.callback(None)
-
-
-__all__ = ["HTTPServerFactory", "HTTP11ServerProtocol", "Message", "ServerSettings", "IDelayedCall"]
