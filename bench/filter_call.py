@@ -1,12 +1,16 @@
 """
-Per-call cost of one JSON-ABI filter call, raw path vs checked path.
+Per-call cost of one filter call, raw path vs checked path.
 
     python bench/filter_call.py [--n 20000]
 
-Measures L{WasmFilter.run_request} on the calling thread (JSON encode,
-write into guest memory, the call, read + validate + apply the output),
-for a pass-through guest and a header-rewrite guest, plus one bare export
-call. Not part of CI; prints microseconds per call.
+Measures L{WasmFilter.run_request} on the calling thread (encode, write
+into guest memory, the call, read + validate + apply the output), for
+JSON-ABI guests (pass-through, header-rewrite, counter), one bare export
+call, and the same request padded to a 1 KiB payload; then the Extism ABI
+(docs/extism.md): a pass-through plugin, a plugin that reads its whole
+1 KiB input through the kernel and writes it back as its output (the
+payload round trip alone, and through run_request, where that output is
+applied as a ResponseAction). Not part of CI; prints microseconds per call.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import wasmtime  # noqa: E402
 
-from tests import wasm_guests  # noqa: E402
+from tests import extism_guests, wasm_guests  # noqa: E402
 from wasmgate.state import MemoryCounterStore  # noqa: E402
 from wasmgate.wasm.engine import WasmEngine  # noqa: E402
 from wasmgate.wasm.filter import WasmFilter  # noqa: E402
@@ -39,6 +43,19 @@ def request() -> FilterRequest:
         ],
         client_ip="192.0.2.10",
     )
+
+
+def request_1k() -> FilterRequest:
+    """The bench request padded so its JSON payload is about 1 KiB."""
+    req = request()
+    req.headers.append(("x-padding", "p" * (1024 - len(json_payload(req)) - 16)))
+    return req
+
+
+def json_payload(req: FilterRequest) -> bytes:
+    from wasmgate.wasm._extism_seed import encode_request
+
+    return encode_request(req, include_body=False)
 
 
 def per_call(fn, n: int) -> float:
@@ -87,7 +104,29 @@ def main() -> None:
             ctx.store.set_epoch_deadline(1 << 40)  # the bare loop runs longer than one call's deadline
             call = ctx.abi_state["request"]
             rows.setdefault("bare export", []).append(per_call(lambda: call(0, 0), args.n * 5))
+            big = request_1k()
+            rows.setdefault("json 1KiB req", []).append(per_call(lambda: f.run_request(big), args.n))
             f.close()
+            payload = json_payload(big)
+            assert 1000 <= len(payload) <= 1100, len(payload)
+            extism_guests_rows = {
+                "extism pass": (extism_guests.echo(""), lambda f: f.run_request(request())),
+                "extism 1KiB trip": (extism_guests.ROUND_TRIP, None),
+                "extism 1KiB req": (extism_guests.ROUND_TRIP, lambda f: f.run_request(big)),
+            }
+            for label, (wat, run) in extism_guests_rows.items():
+                f = WasmFilter(name="bench", module=engine.compile(wasmtime.wat2wasm(wat)), engine=engine)
+                if run is None:
+                    ctx = f._instance()
+                    ctx.store.set_epoch_deadline(1 << 40)
+                    call = f.abi.call
+                    assert call(ctx, payload) == payload
+
+                    def run(f, call=call, ctx=ctx):
+                        return call(ctx, payload)
+
+                rows.setdefault(label, []).append(per_call(lambda: run(f), args.n))
+                f.close()
         finally:
             engine.stop()
     for label, (raw_us, checked_us) in rows.items():

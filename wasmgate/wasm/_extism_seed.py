@@ -44,20 +44,25 @@ import binascii
 import json
 from typing import Any, Optional, Union
 
-from wasmgate.wasm.abi_json import _dumps, apply_request_action, headers_to_json
+from wasmgate.wasm.abi_json import apply_request_action, headers_to_json
 from wasmgate.wasm.filter import BadOutput
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest
 
 DEFAULT_BLOCK_STATUS = 403
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode_request(req: FilterRequest, include_body: bool) -> bytes:
     """C{req} as the seed's RequestPayload JSON (UTF-8)."""
     first: dict[str, str] = {}
+    setdefault = first.setdefault
     for name, value in req.headers:
-        first.setdefault(name.lower(), value)
+        setdefault(name, value)  # FilterRequest names are lower case already
     body = base64.b64encode(req.body).decode("ascii") if include_body and req.body else ""
-    return _dumps({"method": req.method, "path": req.path or "/", "headers": first, "body": body})
+    text = _encode({"method": req.method, "path": req.path or "/", "headers": first, "body": body})
+    return text.encode("utf-8", "surrogateescape")
 
 
 def apply_action(

@@ -24,6 +24,8 @@ behaves differently. Both paths offer the same three operations:
     caller's memory base address and length first. An exception from C{fn}
     is handed to C{on_error} and turned into a trap of the guest.
   - C{memory_span(store, memory)}: C{(base address, length)} right now.
+  - C{memory_spanner(store, memory)}: a callable returning the same, with
+    what it needs looked up once (for memories read on every call).
 
 All values crossing are plain ints. Types are given as C{"i32"} / C{"i64"}.
 """
@@ -171,6 +173,9 @@ class CheckedPath:
 
     def memory_span(self, store: wasmtime.Store, memory: wasmtime.Memory) -> tuple[int, int]:
         return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
+
+    def memory_spanner(self, store: wasmtime.Store, memory: wasmtime.Memory) -> Callable[[], tuple[int, int]]:
+        return lambda: self.memory_span(store, memory)
 
 
 class RawPath:
@@ -320,6 +325,31 @@ class RawPath:
             call2._keep = (vals, fstruct, trap, func)  # type: ignore[attr-defined]
             return call2
 
+        if not params and result is not None:
+
+            def call0() -> Optional[int]:
+                err = call_unchecked(ctx, func_addr, vals_addr, n, trap_addr)
+                if err or trap.value:
+                    raise_from(err, trap)
+                return getattr(v0, result)  # type: ignore[no-any-return]
+
+            v0 = vals[0]
+            call0._keep = (vals, fstruct, trap, func)  # type: ignore[attr-defined]
+            return call0
+
+        if list(params) == ["i64"] and result == "i64":
+
+            def call1(a: int) -> Optional[int]:
+                v0.i64 = a
+                err = call_unchecked(ctx, func_addr, vals_addr, n, trap_addr)
+                if err or trap.value:
+                    raise_from(err, trap)
+                return v0.i64  # type: ignore[no-any-return]
+
+            v0 = vals[0]
+            call1._keep = (vals, fstruct, trap, func)  # type: ignore[attr-defined]
+            return call1
+
         def call(*args: int) -> Optional[int]:
             if len(args) != len(setters):
                 raise TypeError("expected %d arguments, got %d" % (len(setters), len(args)))
@@ -413,6 +443,17 @@ class RawPath:
         mref = ctypes.addressof(memory._memory)
         return (self._memory_data(ctx, mref) or 0), self._memory_data_size(ctx, mref)
 
+    def memory_spanner(self, store: wasmtime.Store, memory: wasmtime.Memory) -> Callable[[], tuple[int, int]]:
+        ctx = self._context(store)
+        mref = ctypes.addressof(memory._memory)
+        data, data_size = self._memory_data, self._memory_data_size
+
+        def span() -> tuple[int, int]:
+            return (data(ctx, mref) or 0), data_size(ctx, mref)
+
+        span._keep = memory  # type: ignore[attr-defined]  # mref points into it
+        return span
+
 
 def _arg_reader(params: tuple[str, ...]) -> Callable[[Any], tuple[int, ...]]:
     """
@@ -468,6 +509,8 @@ _PROBE_WAT = r"""
   (func (export "run") (param i32 i32) (result i64)
     (call $add (local.get 0) (i64.extend_i32_u (local.get 1))))
   (func (export "boom") (param i32 i32) (result i32) unreachable)
+  (func (export "neg") (param i64) (result i64) (i64.sub (i64.const 0) (local.get 0)))
+  (func (export "seven") (result i32) (i32.const 7))
   (func (export "callfail") (param i32 i32) (result i32)
     (call $fail (local.get 0)) (i32.const 7))
 )
@@ -508,6 +551,12 @@ def _probe(path: Any, engine: wasmtime.Engine, with_fuel: bool) -> None:
     base, size = path.memory_span(store, cell.memory)
     if size != 65536 or read(base, size, 8, 5) != b"probe":
         raise RuntimeError("memory base/size mismatch")
+    if path.memory_spanner(store, cell.memory)() != (base, size):
+        raise RuntimeError("memory spanner mismatch")
+    neg = path.export_caller(store, exports["neg"], ["i64"], ["i64"])
+    seven = path.export_caller(store, exports["seven"], [], ["i32"])
+    if neg(5) != -5 or neg(-(1 << 62)) != 1 << 62 or seven() != 7:
+        raise RuntimeError("raw call (i64) -> i64 or () -> i32 returned wrong values")
     boom = path.export_caller(store, exports["boom"], ["i32", "i32"], ["i32"])
     try:
         boom(0, 0)

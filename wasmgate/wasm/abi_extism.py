@@ -221,6 +221,7 @@ class ExtismAbi:
         path = ctx.path
         st = ctx.abi_state
         st["kmem"] = kmem
+        st["kspan"] = path.memory_spanner(store, kmem)
         st["begin"] = path.export_caller(store, exports["wasmgate_begin"], (_I64,), (_I64,))
         st["alloc"] = path.export_caller(store, exports["alloc"], (_I64,), (_I64,))
         st["length"] = path.export_caller(store, exports["length"], (_I64,), (_I64,))
@@ -229,6 +230,7 @@ class ExtismAbi:
 
     def setup(self, ctx: InstanceContext) -> None:
         st = ctx.abi_state
+        st["gspan"] = ctx.path.memory_spanner(ctx.store, ctx.memory)
         self._set_budget(ctx)
         if func_sig(exports_of(self.filter.module).get("_initialize")) == ((), ()):
             try:
@@ -240,12 +242,12 @@ class ExtismAbi:
                 ctx.host_error = None
         st["call"] = ctx.caller(self.export, (), ("i32",) if self._returns else ())
 
-    def _set_budget(self, ctx: InstanceContext) -> tuple[int, int]:
-        """Tell the kernel how far it may grow; its C{(base, size)}."""
-        guest = ctx.span()[1]
-        kbase, ksize = ctx.path.memory_span(ctx.store, ctx.abi_state["kmem"])
+    def _set_budget(self, ctx: InstanceContext) -> None:
+        """Tell the kernel how far it may grow: what the plugin's memory leaves of the cap."""
+        st = ctx.abi_state
+        guest = st["guest"] = st["gspan"]()[1]
+        kbase, ksize = st["kspan"]()
         _raw.write(kbase, ksize, LIMIT, _LIMIT.pack(max(0, self.filter.memory_limit - guest)))
-        return kbase, ksize
 
     # -- calls ------------------------------------------------------------
 
@@ -258,16 +260,13 @@ class ExtismAbi:
             the plugin's and the kernel's memory over the cap.
         """
         st = ctx.abi_state
-        store = ctx.store
-        span = ctx.path.memory_span
-        kmem = st["kmem"]
-        self._set_budget(ctx)
+        kspan = st["kspan"]
         n = len(data)
         offset = st["begin"](n) & _U64
         if n:
             if offset == 0:
                 raise OverMemoryCap("the input (%d bytes) does not fit in the kernel's memory" % (n,))
-            kbase, ksize = span(store, kmem)
+            kbase, ksize = kspan()
             _raw.write(kbase, ksize, offset, data)
         try:
             rc = st["call"]()
@@ -277,11 +276,13 @@ class ExtismAbi:
             if said:
                 raise _raw.GuestTrap(e.code, "%s (plugin error: %s)" % (e.message, said)) from None
             raise
-        kbase, ksize = span(store, kmem)
-        guest = ctx.span()[1]
+        kbase, ksize = kspan()
+        guest = st["gspan"]()[1]
         total = ctx.mem_size = guest + ksize
         if total > self.filter.memory_limit:
             raise OverMemoryCap("plugin and kernel memory hold %d bytes" % (total,))
+        if guest != st["guest"]:  # the kernel's budget follows the plugin's memory
+            self._set_budget(ctx)
         out_off, out_len, err_off = _HEADER.unpack(_raw.read(kbase, ksize, OUTPUT_OFFSET, 24))
         if err_off:
             raise GuestError("%s failed: %s" % (self.export, self._error_text(ctx, err_off)))
