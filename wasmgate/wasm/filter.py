@@ -32,6 +32,7 @@ from twisted.logger import Logger
 
 from wasmgate.state import CounterStore, StateError
 from wasmgate.wasm import _raw
+from wasmgate.wasm._hints import import_hint
 from wasmgate.wasm.engine import WasmEngine
 from wasmgate.wasm.hostfuncs import (
     GuestFault,
@@ -819,17 +820,6 @@ def exports_of(module: wasmtime.Module) -> dict[str, Any]:
     return {e.name: e.type for e in module.exports}
 
 
-def _import_hint(module: str, name: str) -> Optional[str]:
-    """How to do without an import the host lacks, when we know."""
-    try:
-        from wasmgate.wasm._hints import import_hint
-    except ImportError:  # the shared hint table is not there: the one we know
-        if (module, name) == ("env", "abort"):
-            return "AssemblyScript's default abort handler: build with --use abort=<your abort function>"
-        return None
-    return import_hint(module, name)
-
-
 def import_problems(module: wasmtime.Module, hosts: dict[tuple[str, str], HostFunc]) -> list[str]:
     """Imports of C{module} the host cannot satisfy, as messages."""
     out = []
@@ -838,7 +828,7 @@ def import_problems(module: wasmtime.Module, hosts: dict[tuple[str, str], HostFu
         ty = imp.type
         spec = hosts.get(key)
         if spec is None:
-            hint = _import_hint(*key)
+            hint = import_hint(*key)
             out.append(
                 "imports %s.%s, which the host does not provide%s" % (key + ((" (%s)" % hint) if hint else "",))
             )
