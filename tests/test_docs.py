@@ -89,3 +89,33 @@ def test_links_between_documents_resolve(document):
         assert linked.is_file(), f"{document.relative_to(ROOT)}: no such file: {target}"
         if anchor:
             assert anchor in _anchors(linked), f"{document.relative_to(ROOT)}: no heading for {target}"
+
+
+_OUTSIDE = re.compile(r"design notes|beside the repository|DESIGN\.md|design document", re.I)
+_TEXT = (".py", ".md", ".ts", ".sh", ".yaml", ".json", ".cfg", ".toml", ".tmpl", ".service", ".socket")
+
+
+def _repository_text() -> list[Path]:
+    """What a user of the repository reads: sources, docs, examples (not tests, not node_modules)."""
+    files = [ROOT / "README.md", ROOT / "setup.cfg"]
+    for top in ("wasmgate", "twisted", "plugins", "docs", "examples"):
+        for path in sorted((ROOT / top).rglob("*")):
+            if "node_modules" not in path.parts and path.is_file() and path.name.endswith(_TEXT):
+                files.append(path)
+    return files
+
+
+NOT_YET_FIXED = {"README.md", "wasmgate/wasm/abi_json.py"}
+"""Files whose references to outside notes are being replaced (issue 19): empty this set then."""
+
+
+def test_nothing_refers_to_documents_outside_the_repository():
+    """The architecture and the ABI are in docs/, not in notes a user does not have."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in _repository_text()
+        if str(path.relative_to(ROOT)) not in NOT_YET_FIXED
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if _OUTSIDE.search(line)
+    ]
+    assert offenders == []
