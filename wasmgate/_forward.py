@@ -55,6 +55,9 @@ class ForwardSink(TypingProtocol):
     def upstream_failed(self, status: int, body: bytes, headers: list[Header]) -> None:
         """No response will come: answer the client with this instead."""
 
+    def upstream_upgraded(self, connection: "UpstreamConnection", rest: bytes) -> None:
+        """The upstream switched protocols (101): splice C{connection} to the client."""
+
     def upstream_cut(self, *, timed_out: bool) -> None:
         """The response broke after its head came: cut the client's (or answer 502/504)."""
 
@@ -202,7 +205,10 @@ class Forward:
         else:
             if self.declared_length:
                 head += b"content-length: 0\r\n"
-            conn.send(head + b"\r\n", self, head_only=head_only, first_check=first_check)
+            conn.send(
+                head + b"\r\n", self, head_only=head_only, first_check=first_check,
+                upgrade=self.request.upgrade is not None,
+            )
 
     def _release_target(self) -> None:
         target, self._holding = self._holding, None
@@ -283,6 +289,15 @@ class Forward:
     def response_data(self, data: bytes) -> None:
         if not self.ended:
             self.sink.upstream_data(data)
+
+    def response_upgraded(self, connection: "UpstreamConnection", rest: bytes) -> None:
+        self.conn = None  # the tunnel's now
+        if self.ended:
+            connection.abort()
+            return
+        self.ended = True
+        self._release_target()
+        self.sink.upstream_upgraded(connection, rest)
 
     def response_done(self) -> None:
         self.conn = None

@@ -45,6 +45,9 @@ def access_line(info: "RequestRecord", duration: float) -> str:
     }
     if info.user_agent is not None:
         line["user_agent"] = info.user_agent
+    if info.tunnel is not None:  # a WebSocket: its bytes each way and why it ended
+        line["bytes_in"] = info.bytes_in
+        line["tunnel_closed"] = info.tunnel
     if info.error:
         line["error"] = info.error
     return json.dumps(line, separators=(",", ":"))

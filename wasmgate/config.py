@@ -48,6 +48,8 @@ class Timeouts:
     """Upstream: TCP (and TLS) connect."""
     upstream: float = 30.0
     """Upstream: time to the response headers (a route may override)."""
+    tunnel_idle: float = 3600.0
+    """A WebSocket (upgraded) connection with no bytes either way for this long is closed."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class RouteConfig:
     upstream: str = ""
     timeout: Optional[float] = None
     filter_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    websocket: bool = True
+    """Whether WebSocket upgrades are spliced through (false: 403)."""
 
 
 @dataclass(frozen=True)
@@ -317,14 +321,16 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
     listen = reader.get(data, "server", "listen", _listen, ("tcp:8080",))
     tls = _tls(reader, data.get("tls"), base) if data.get("tls") is not None else None
     times = reader.mapping(
-        data.get("timeouts"), "server.timeouts", ("read", "write", "idle", "connect", "upstream")
+        data.get("timeouts"),
+        "server.timeouts",
+        ("read", "write", "idle", "connect", "upstream", "tunnel_idle"),
     )
     defaults = Timeouts()
     positive = s.duration(minimum=0.001)
     timeouts = Timeouts(
         **{
             key: reader.get(times, "server.timeouts", key, positive, getattr(defaults, key))
-            for key in ("read", "write", "idle", "connect", "upstream")
+            for key in ("read", "write", "idle", "connect", "upstream", "tunnel_idle")
         }
     )
     proxies = reader.get(
@@ -552,7 +558,7 @@ def _config_bytes(reader: s.Reader, data: Mapping[str, Any], where: str) -> Opti
         return None
 
 
-_ROUTE_KEYS = ("name", "match", "filters", "upstream", "timeout", "filter_config")
+_ROUTE_KEYS = ("name", "match", "filters", "upstream", "timeout", "filter_config", "websocket")
 
 
 def _routes(
@@ -608,6 +614,7 @@ def _routes(
                 upstream=upstream,
                 timeout=reader.get(data, where, "timeout", s.duration(minimum=0.001), None),
                 filter_config=overrides,
+                websocket=reader.get(data, where, "websocket", s.boolean, True),
             )
         )
     return routes

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from wasmgate.http.message import RequestRecord
     from wasmgate.filterjobs import BatchingRunner
     from wasmgate.http.factory import HTTPServerFactory
+    from wasmgate.proxy import Gateway
 
 _ID_SEGMENT = re.compile(
     r"""^(
@@ -131,6 +132,10 @@ class GatewayMetrics:
         """Export the filter queue's length and what it refused or dropped."""
         self.registry.register(_FilterJobsCollector(runner))
 
+    def watch_tunnels(self, gateway: "Gateway") -> None:
+        """Export the open upgraded (WebSocket) connections and their bytes."""
+        self.registry.register(_TunnelCollector(gateway))
+
     def watch_server(self, server: "HTTPServerFactory") -> None:
         """Export the client side's connection counts."""
         self.registry.register(_ConnectionCollector(server))
@@ -162,6 +167,27 @@ class GatewayMetrics:
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+
+
+class _TunnelCollector:
+    """WebSocket tunnels: open now, and bytes through them (read at scrape time)."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self._gateway = gateway
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        gateway = self._gateway
+        tunnels = list(gateway.tunnels)
+        yield GaugeMetricFamily("wasmgate_tunnels_open", "WebSocket tunnels open", value=len(tunnels))
+        carried = CounterMetricFamily(
+            "wasmgate_tunnel_bytes", "Bytes through WebSocket tunnels", labels=["direction"]
+        )
+        carried.add_metric(["in"], gateway.tunnel_bytes_in + sum(t.bytes_in for t in tunnels))
+        carried.add_metric(["out"], gateway.tunnel_bytes_out + sum(t.bytes_out for t in tunnels))
+        yield carried
 
 
 class _FilterJobsCollector:

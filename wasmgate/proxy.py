@@ -31,6 +31,8 @@ from wasmgate.wasm.messages import Answer, Continue, FilterDecision, FilterReque
 
 if TYPE_CHECKING:
     from wasmgate.generation import Generation, RouteRuntime
+    from wasmgate.http.tunnel import Tunnel
+    from wasmgate.http.upstream import UpstreamConnection
     from wasmgate.http.factory import ServerSettings
     from wasmgate.wasm.chain import RequestRun
 
@@ -62,6 +64,20 @@ class Gateway:
         self.settings = settings
         """The client side's limits (a reload changes them in place)."""
         self._on_ejection = on_ejection
+        self.tunnels: set["Tunnel"] = set()
+        """Upgraded connections open now."""
+        self.tunnel_bytes_in = 0
+        """Bytes from clients through closed tunnels (open ones count at their end)."""
+        self.tunnel_bytes_out = 0
+
+    def tunnel_opened(self, tunnel: "Tunnel") -> None:
+        self.tunnels.add(tunnel)
+
+    def tunnel_closed(self, tunnel: "Tunnel") -> None:
+        self.tunnels.discard(tunnel)
+        self.tunnel_bytes_in += tunnel.bytes_in
+        self.tunnel_bytes_out += tunnel.bytes_out
+
 
     def ejected(self, upstream: str, target: Target, why: str) -> None:
         """A target was taken out of rotation after failing to connect."""
@@ -129,6 +145,9 @@ class Exchange:
         self.route = route = found[1]
         record.route = route.config.name
         record.upstream = route.upstream.name
+        if request.upgrade is not None and not route.config.websocket:
+            self.answer(403, b"WebSocket is not allowed on this route\n")
+            return
         chain = route.chain
         drop = _REQUEST_DROP
         if chain is not None and chain.wants_body and chain.has_response_filters:
@@ -139,6 +158,8 @@ class Exchange:
             trusted=self.generation.config.server.trusted_proxies, drop=drop,
         )
         record.client_ip = sent.client_ip
+        if request.upgrade is not None:
+            sent.headers += [(b"connection", b"upgrade"), (b"upgrade", request.upgrade)]
         if sent.user_agent is not None:
             record.user_agent = sent.user_agent.decode("latin-1")
         self.forward = Forward(
@@ -229,6 +250,11 @@ class Exchange:
     def upstream_head(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None:
         route, forward = self.route, self.forward
         assert route is not None and forward is not None
+        if status == 101:  # a granted upgrade: no response filters, the tunnel follows
+            upgrade = next((v for n, v in headers if n == b"upgrade"), self.request.upgrade or b"websocket")
+            out = end_to_end(headers, _RESPONSE_DROP) + [(b"connection", b"Upgrade"), (b"upgrade", upgrade)]
+            self.channel.respond(101, reason, out, length=None)
+            return
         if route.chain is not None and route.chain.has_response_filters:
             self._filter_response(status, reason, headers, length)
             return
@@ -266,6 +292,32 @@ class Exchange:
     def upstream_failed(self, status: int, body: bytes, headers: list[Header]) -> None:
         self._upstream_ended = True
         self.answer(status, body, headers)
+
+    def upstream_upgraded(self, connection: "UpstreamConnection", rest: bytes) -> None:
+        """Splice the two connections; the exchange ends, its log line waits for the tunnel's end."""
+        self._upstream_ended = True
+        if self.done or connection.transport is None:
+            connection.abort()
+            return
+        tunnel = self.channel.open_tunnel(
+            connection.transport,
+            idle_timeout=self.generation.config.server.timeouts.tunnel_idle,
+            on_close=self._tunnel_closed,
+        )
+        connection.tunnel = tunnel
+        self.gateway.tunnel_opened(tunnel)
+        self._finish(log=False)  # the generation is not held by a tunnel
+        if rest:
+            tunnel.from_upstream(rest)
+
+    def _tunnel_closed(self, tunnel: "Tunnel", why: str) -> None:
+        record = self.record
+        record.status = 101
+        record.tunnel = why
+        record.bytes = tunnel.bytes_out
+        record.bytes_in = tunnel.bytes_in
+        self.gateway.tunnel_closed(tunnel)
+        self.gateway.record(record)
 
     def upstream_cut(self, *, timed_out: bool) -> None:
         self._upstream_ended = True
@@ -367,7 +419,7 @@ class Exchange:
             self.record.error = "client closed the connection"
         self._finish(status=499 if not self.channel.started else None)
 
-    def _finish(self, *, status: Optional[int] = None) -> None:
+    def _finish(self, *, status: Optional[int] = None, log: bool = True) -> None:
         """The exchange is over (answered, cut, or the client left): let go of everything."""
         if self.done:
             return
@@ -380,6 +432,8 @@ class Exchange:
         self.generation.request_finished()
         if self.run is not None:
             self.run.finish()  # http-wasm filters hold an instance until now
+        if not log:
+            return
         record = self.record
         channel = self.channel
         record.status = status or channel.status or 499

@@ -111,6 +111,7 @@ class GatewayService(service.MultiService):
             refused=self._record,
         )
         self.metrics.watch_server(self.http)
+        self.metrics.watch_tunnels(self.gateway)
         self._tls_metrics_instance: Optional[TLSMetrics] = None
         self.certificates: Optional[CertificateStore] = None
         self._certificate_slot: Optional[CertificateSlot] = None

@@ -42,9 +42,14 @@ def check_head(
     hosts = 0
     length: Optional[int] = None
     chunked = False
+    upgrade = connection_upgrade = False
     for name, value in headers:
         if name == b"host":
             hosts += 1
+        elif name == b"upgrade":
+            upgrade = value.split(b",")[0].strip().lower().split(b"/")[0] == b"websocket"
+        elif name == b"connection":
+            connection_upgrade = connection_upgrade or b"upgrade" in value.lower()
         elif name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":
@@ -61,6 +66,8 @@ def check_head(
         return 400, b"a request needs exactly one Host header\n"
     if length is not None and length > settings.max_body_bytes:
         return 413, b"request body too large\n"
+    if upgrade and connection_upgrade and method == b"GET" and not (chunked or length) and message.version11:
+        message.upgrade = b"websocket"  # (RFC 6455 4.1; any other Upgrade is served as HTTP/1.1)
     body = None
     if chunked or length:
         body = message.body = RequestBody(message, length=length, limit=settings.max_body_bytes)
@@ -76,5 +83,6 @@ def check_head(
         secure=secure,
         body=body,
         started=message.arrived,
+        upgrade=message.upgrade,
     )
     return None

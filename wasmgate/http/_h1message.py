@@ -7,13 +7,14 @@ client to the upstream watched for the write timeout.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITransport
 
 from wasmgate.http import _wire
 from wasmgate.http._timers import StallWatch
 from wasmgate.http.message import Header, IncomingRequest, RequestBody
+from wasmgate.http.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from wasmgate.http.server import HTTP11ServerProtocol
@@ -36,6 +37,7 @@ class Message:
         "protocol", "url", "url_size", "headers", "header_bytes", "wire_bytes", "arrived", "request", "body",
         "keep_alive", "head_only", "version11", "headers_done", "ended", "exchange", "refusal",
         "expect_continue", "started_response", "status", "sent_bytes", "chunked", "finished",
+        "upgrade", "upgrade_rest",
     )
 
     def __init__(self, protocol: "HTTP11ServerProtocol", arrived: float) -> None:
@@ -61,6 +63,10 @@ class Message:
         self.sent_bytes = 0
         self.chunked = False
         self.finished = False
+        self.upgrade: Optional[bytes] = None
+        """C{websocket}: the client asked to switch protocols."""
+        self.upgrade_rest: Optional[bytes] = None
+        """What came after an upgrade request's head, kept until 101 or not."""
 
     # -- ResponseChannel ---------------------------------------------------
 
@@ -83,6 +89,12 @@ class Message:
             return
         self.started_response = True
         self.status = status
+        if status == 101:  # switching protocols: the exchange gave Connection/Upgrade
+            protocol.transport.write(
+                b"HTTP/1.1 101 %s\r\n%sDate: %s\r\n\r\n"
+                % (reason, _wire.header_block(headers), protocol.factory.date(protocol.clock.seconds()))
+            )
+            return
         no_body = self.head_only or status == 204 or status == 304 or status < 200
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason), _wire.header_block(headers)]
         if length is not None and status != 204 and status >= 200:
@@ -148,6 +160,17 @@ class Message:
 
     def stop_pausing(self) -> None:
         self.protocol.unregister_stall_watch()
+
+    def open_tunnel(
+        self, upstream: ITransport, *, idle_timeout: float, on_close: Callable[[Tunnel, str], None]
+    ) -> Tunnel:
+        protocol = self.protocol
+        tunnel = Tunnel(
+            protocol.transport, upstream, clock=protocol.clock, idle_timeout=idle_timeout, on_close=on_close
+        )
+        self.finished = True
+        protocol.enter_tunnel(self, tunnel)
+        return tunnel
 
     # -- BodySource ----------------------------------------------------------
 

@@ -7,11 +7,14 @@ so the core never sees framing.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITransport
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from wasmgate.http.tunnel import Tunnel
 
 Header = tuple[bytes, bytes]
 
@@ -39,7 +42,8 @@ class IncomingRequest:
     """
 
     __slots__ = (
-        "method", "target", "version", "headers", "peer_host", "peer_port", "secure", "body", "started"
+        "method", "target", "version", "headers", "peer_host", "peer_port", "secure", "body", "started",
+        "upgrade",
     )
 
     def __init__(
@@ -54,6 +58,7 @@ class IncomingRequest:
         secure: bool,
         body: Optional["RequestBody"],
         started: float,
+        upgrade: Optional[bytes] = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -66,6 +71,8 @@ class IncomingRequest:
         self.body = body
         self.started = started
         """When the first byte of the request arrived (reactor seconds)."""
+        self.upgrade = upgrade
+        """C{websocket} when the client asks to switch to it (HTTP/1.1 only)."""
 
     def header(self, name: bytes) -> Optional[bytes]:
         """The first value of header C{name} (lower case), or None."""
@@ -132,6 +139,14 @@ class ResponseChannel(Protocol):
         """Let the client's pace pause C{producer} (the upstream body)."""
 
     def stop_pausing(self) -> None: ...
+
+    def open_tunnel(
+        self, upstream: ITransport, *, idle_timeout: float, on_close: Callable[["Tunnel", str], None]
+    ) -> "Tunnel":
+        """
+        After a 101 for an upgrade: splice the client's connection to
+        C{upstream}'s (a wire protocol that cannot raises NotImplementedError).
+        """
 
 
 @implementer(IPushProducer)
@@ -302,7 +317,7 @@ class RequestRecord:
 
     __slots__ = (
         "started", "method", "path", "client_ip", "route", "upstream", "target", "status", "bytes",
-        "decisions", "error", "upstream_status", "user_agent", "protocol",
+        "decisions", "error", "upstream_status", "user_agent", "protocol", "bytes_in", "tunnel",
     )
 
     def __init__(self, started: float) -> None:
@@ -321,3 +336,7 @@ class RequestRecord:
         self.upstream_status = ""
         self.user_agent: Optional[str] = None
         self.protocol = "HTTP/1.1"
+        self.bytes_in = 0
+        """A tunnel's bytes from the client."""
+        self.tunnel: Optional[str] = None
+        """Why a tunnel (WebSocket) ended; None for plain requests."""

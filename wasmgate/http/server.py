@@ -27,6 +27,7 @@ from wasmgate.http import _wire
 from wasmgate.http._h1head import check_head
 from wasmgate.http._h1message import Message
 from wasmgate.http._timers import Deadline, StallWatch
+from wasmgate.http.tunnel import Tunnel
 from wasmgate.http.message import (
     BodyMalformed,
     BodyTimedOut,
@@ -69,6 +70,9 @@ class HTTP11ServerProtocol(Protocol):
         self._peer_port = 0
         self._deadline = Deadline(self.clock, self._timed_out)
         self._discarding = False
+        self._completed: Optional[Message] = None
+        """The request whose body ended last (an upgrade's, when llhttp stops)."""
+        self._tunnel: Optional[Tunnel] = None
 
     # -- connection ----------------------------------------------------------
 
@@ -85,6 +89,8 @@ class HTTP11ServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ClientGone())) -> None:
         self.closing = True
         self._deadline.cancel()
+        if self._tunnel is not None:
+            self._tunnel.client_closed()
         self.factory.connection_closed(self)
         if self.stall_watch is not None:
             self.stall_watch.cancel()
@@ -105,7 +111,7 @@ class HTTP11ServerProtocol(Protocol):
     @property
     def idle(self) -> bool:
         """Waiting for a request (nothing of one received, nothing to answer)."""
-        return not self._queue and self._parsing is None
+        return not self._queue and self._parsing is None and self._tunnel is None
 
     @property
     def idle_since(self) -> float:
@@ -131,6 +137,9 @@ class HTTP11ServerProtocol(Protocol):
     # -- reading -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.from_client(data)
+            return
         if self._discarding or self.closing:
             return
         self._last_read = self.clock.seconds()
@@ -138,11 +147,17 @@ class HTTP11ServerProtocol(Protocol):
             try:
                 self._parser.feed_data(data)
             except httptools.HttpParserUpgrade as e:
-                # Upgrades are not spliced (yet): the request was handled as
-                # a plain one without its hop-by-hop Upgrade; read on.
+                # llhttp stops after a request asking to switch protocols.
                 self._parser = httptools.HttpRequestParser(self)
                 rest = data[e.args[0]:] if e.args else b""
-                if rest:
+                upgrading = self._completed
+                if upgrading is not None and upgrading.upgrade and not upgrading.finished:
+                    # A WebSocket handshake: what follows is the client's
+                    # either way, read on once its answer is known.
+                    upgrading.upgrade_rest = rest
+                    self.pause_reading("upgrade")
+                elif rest:
+                    # Any other Upgrade was served as a plain request: read on.
                     self._parser.feed_data(rest)
         except _Stop:
             return
@@ -235,6 +250,7 @@ class HTTP11ServerProtocol(Protocol):
         message = self._parsing
         assert message is not None
         self._parsing = None
+        self._completed = message
         message.ended = True
         if message.body is not None:
             message.body.end()
@@ -274,9 +290,33 @@ class HTTP11ServerProtocol(Protocol):
         self._idle_since = self.clock.seconds()
         if len(self._queue) <= 1:
             self.resume_reading("pipeline")
+        if message.upgrade_rest is not None:
+            # The upgrade was not granted: the connection goes on as HTTP/1.1.
+            rest, message.upgrade_rest = message.upgrade_rest, None
+            self.resume_reading("upgrade")
+            if rest:
+                self.dataReceived(rest)
+                return
         if self._queue:
             self._start(self._queue[0])
         self._rearm()
+
+    def enter_tunnel(self, message: Message, tunnel: Tunnel) -> None:
+        """The upgrade was granted (101): from now on bytes go through C{tunnel}."""
+        self._tunnel = tunnel
+        self._deadline.cancel()  # the tunnel keeps its own idle time
+        if self._queue and self._queue[0] is message:
+            self._queue.popleft()
+        rest, message.upgrade_rest = message.upgrade_rest, None
+        self._pauses.clear()
+        if self.transport is not None:
+            self.transport.resumeProducing()
+        if rest:
+            tunnel.from_client(rest)
+
+    @property
+    def tunnel(self) -> Optional[Tunnel]:
+        return self._tunnel
 
     def _close_after(self, message: Message) -> None:
         """Close once the response is out; a client still sending gets time to read it."""
@@ -369,6 +409,8 @@ class HTTP11ServerProtocol(Protocol):
     # -- timeouts --------------------------------------------------------------
 
     def _rearm(self) -> None:
+        if self._tunnel is not None:
+            return
         deadline = self._next_deadline()
         if deadline is not None:
             self._deadline.at(deadline)
@@ -389,7 +431,7 @@ class HTTP11ServerProtocol(Protocol):
         return None
 
     def _timed_out(self) -> None:
-        if self.closing or self.transport is None:
+        if self.closing or self.transport is None or self._tunnel is not None:
             return
         deadline = self._next_deadline()
         if deadline is None:

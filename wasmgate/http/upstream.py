@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from wasmgate.http import _wire
 from wasmgate.http._timers import Deadline
 from wasmgate.http.message import Header
+from wasmgate.http.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from wasmgate.upstream import Target
@@ -60,6 +61,12 @@ class ResponseHandler(TypingProtocol):
         kept-alive connection may be retried on a fresh one).
         """
 
+    def response_upgraded(self, connection: "UpstreamConnection", rest: bytes) -> None:
+        """
+        The 101 to an upgrade request is in: C{connection} now carries the
+        new protocol (splice it; C{rest} is what came after the head).
+        """
+
 
 class UpstreamConnection(Protocol):
     """One connection to a target, carrying one request at a time."""
@@ -90,6 +97,10 @@ class UpstreamConnection(Protocol):
         """When the upstream last sent anything (for body-gap timeouts)."""
         self._clock = pool.clock
         self._deadline = Deadline(pool.clock, self._deadline_passed)
+        self._upgrade = False
+        self._upgraded = False
+        self.tunnel: Optional[Tunnel] = None
+        """After a granted upgrade: where the upstream's bytes go."""
 
     # -- sending -------------------------------------------------------------
 
@@ -102,15 +113,18 @@ class UpstreamConnection(Protocol):
         first_check: float,
         chunked_body: bool = False,
         body_follows: bool = False,
+        upgrade: bool = False,
     ) -> None:
         """
         Write a request head (with its whole body, if any, in C{head});
         with C{body_follows}, the body comes through L{write_body} and
         L{end_body} (chunk-encoded here when C{chunked_body}). The
         handler's L{ResponseHandler.upstream_deadline} is asked at
-        C{first_check} (and then when it says).
+        C{first_check} (and then when it says). With C{upgrade}, a 101
+        answer hands the connection to the handler to splice.
         """
         self._handler = handler
+        self._upgrade = upgrade
         self._deadline.at(first_check)
         self._head_only = head_only
         self._chunked_body = chunked_body
@@ -140,6 +154,9 @@ class UpstreamConnection(Protocol):
     # -- receiving -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_upstream(data)
+            return
         if self._handler is None:
             # Nothing asked: an idle connection the upstream talks on is
             # not one to reuse.
@@ -152,8 +169,15 @@ class UpstreamConnection(Protocol):
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(Failure(UpstreamProtocolError("the upstream switched protocols unasked")))
+        except httptools.HttpParserUpgrade as e:
+            if not self._upgraded:
+                self._fail(Failure(UpstreamProtocolError("the upstream switched protocols unasked")))
+                return
+            handler, self._handler = self._handler, None
+            self._deadline.cancel()  # a tunnel keeps its own idle time
+            self.pool.forget(self)  # never back in the pool
+            if handler is not None:
+                handler.response_upgraded(self, data[e.args[0]:] if e.args else b"")
         except httptools.HttpParserCallbackError as e:
             if not isinstance(e.__context__, _Stop):
                 raise
@@ -183,6 +207,11 @@ class UpstreamConnection(Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status == 101 and self._upgrade:
+            self._head_done = self._upgraded = True
+            if self._handler is not None:
+                self._handler.response_head(101, self._reason or b"Switching Protocols", self._headers, None)
+            return
         if 100 <= status < 200:
             # Interim (100 Continue, 103 Early Hints): the real one follows.
             self._headers = []
@@ -222,7 +251,7 @@ class UpstreamConnection(Protocol):
             self.transport.loseConnection()
 
     def on_message_complete(self) -> None:
-        if self._head_done and self._handler is not None:
+        if self._head_done and self._handler is not None and not self._upgraded:
             self._complete()
 
     def _complete(self) -> None:
@@ -256,6 +285,9 @@ class UpstreamConnection(Protocol):
         self.connected = False
         self.pool.forget(self)
         self._deadline.cancel()
+        if self.tunnel is not None:
+            self.tunnel.upstream_closed()
+            return
         handler, self._handler = self._handler, None
         if handler is None:
             return
