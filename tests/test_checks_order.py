@@ -153,3 +153,27 @@ def test_the_check_knows_what_the_redactor_redacts():
 
     assert redacted_by_the_plugin({}) == set(REDACTED_BY_DEFAULT)
     assert redacted_by_the_plugin({"headers": [" X-Token ", "Cookie"]}) == {"x-token", "cookie"}
+
+
+def test_start_up_logs_the_warning(tmp_path, upstream, start_gateway):
+    """The gateway says at start what `wasmgate check` says."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    for name in ("pii_redactor", "rate_limiter"):
+        shutil.copy(PLUGINS / f"{name}.wasm", tmp_path / f"{name}.wasm")
+    text = f"""
+server: {{listen: "tcp:0:interface=127.0.0.1"}}
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+plugins:
+{REDACTOR}{LIMITER_ON_KEY}routes:
+  - {{name: api, match: {{path_prefix: /}}, filters: [pii_redactor, rate_limiter], upstream: u}}
+upstreams: {{u: {{targets: ["{upstream.url}"]}}}}
+"""
+    logged: list[str] = []
+    observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        start_gateway(text)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert any("routes[0].filters" in line and "x-api-key" in line.lower() for line in logged), logged

@@ -290,6 +290,7 @@ class GatewayService(service.MultiService):
     # -- life cycle --
 
     def startService(self) -> None:
+        _warn_filter_order(self.config)
         if self._wasm is not None:
             self._wasm.start()
         if self.certificates is not None:
@@ -393,6 +394,7 @@ class GatewayService(service.MultiService):
         try:
             config = yield threads.deferToThread(load_config, path)
             _warn_restart_only(self.config, config)
+            _warn_filter_order(config)
             filters = yield threads.deferToThread(self._load_filters, config)
             generation = self._assemble(config, filters)
             settings = self._prepare_settings(config)
@@ -497,6 +499,14 @@ _RESTART_ONLY = (
     ("filters.cache_dir", lambda c: c.filters.cache_dir),
 )
 """Settings a reload cannot change in a running process."""
+
+
+def _warn_filter_order(config: GatewayConfig) -> None:
+    """Log what C{wasmgate check} warns of: filters that undo each other's work."""
+    from wasmgate.checks import filter_order_warnings
+
+    for warning in filter_order_warnings(config):
+        log.warn("{source}: {warning}", source=config.source, warning=warning)
 
 
 def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
