@@ -23,7 +23,7 @@ applies; the instance is kept, as Extism keeps it).
 Vars belong to the filter, not to an instance: every filter thread's
 instance sees the same ones, as every call of one Extism plugin does (a
 per-thread store would make a var-counting limiter N times as lenient).
-They are bounded (L{MAX_VAR_BYTES} of keys and values); a C{var_set} past
+They are bounded (L{wasmgate.wasm._extism_host.MAX_VAR_BYTES}, counted as Extism counts); a C{var_set} past
 that traps, as Extism's does. They last until the plugin is reloaded.
 
 Memory: the plugin's memory and the kernel's count together against
@@ -33,9 +33,7 @@ over the cap fails with kind C{oom} and the instance is rebuilt.
 """
 from __future__ import annotations
 
-import json
 import struct
-import threading
 from typing import Any, Callable, ClassVar, Optional, Union
 
 import wasmtime
@@ -49,6 +47,16 @@ from wasmgate.wasm._extism_kernel import (
     OUTPUT_OFFSET,
     kernel_wasm,
 )
+from wasmgate.wasm._extism_host import (
+    VarStore,
+    block,
+    config_strings,
+    kernel_provided,
+    log_level,
+    new_block,
+    no_network,
+    take_block,
+)
 from wasmgate.wasm._extism_seed import apply_action, encode_request
 from wasmgate.wasm.filter import (
     BadOutput,
@@ -59,13 +67,11 @@ from wasmgate.wasm.filter import (
     exports_of,
     func_sig,
 )
-from wasmgate.wasm.hostfuncs import MAX_LOG_MESSAGE, GuestFault, HostFunc
+from wasmgate.wasm.hostfuncs import MAX_LOG_MESSAGE, HostFunc
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
 from wasmgate.wasm.wasi import WasiExit
 
 MODULE = "extism:host/env"
-MAX_VAR_BYTES = 1024 * 1024
-"""Keys and values of one plugin's vars, together (Extism's default)."""
 
 _U64 = 0xFFFFFFFFFFFFFFFF
 _I64, _I32 = "i64", "i32"
@@ -98,62 +104,10 @@ _LOG_LEVELS = {
     "log_warn": LogLevel.warn,
     "log_error": LogLevel.error,
 }
-LOG_LEVEL_INFO = 2
-"""What C{get_log_level} answers: Extism's trace=0 debug=1 info=2 warn=3 error=4."""
 
 _CALL_SIGS = (((), ("i32",)), ((), ()))
 _HEADER = struct.Struct("<QQQ")
 _LIMIT = struct.Struct("<Q")
-
-
-_VAR_OVERHEAD = 48
-"""What Extism counts per var on top of its key and value (a String and a Vec)."""
-
-
-class VarStore:
-    """
-    One plugin's vars: bytes to bytes, bounded, shared by its instances.
-    The bound is counted as Extism counts it: every var's key, value and
-    L{_VAR_OVERHEAD}, plus the one being set (even when it replaces one).
-    """
-
-    def __init__(self, max_bytes: int = MAX_VAR_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self._vars: dict[bytes, bytes] = {}
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> Optional[bytes]:
-        return self._vars.get(key)
-
-    def check(self, key: bytes, value_length: int) -> None:
-        """L{GuestFault} if setting C{key} to that many bytes would pass the bound."""
-        if self._size + _VAR_OVERHEAD + len(key) + value_length > self.max_bytes:
-            raise GuestFault("Variable store is full (%d bytes of vars at most)" % (self.max_bytes,))
-
-    def set(self, key: bytes, value: Optional[bytes]) -> None:
-        """Set (or with C{None} remove) C{key}; L{GuestFault} past the bound."""
-        with self._lock:
-            if value is not None:
-                self.check(key, len(value))
-            old = self._vars.pop(key, None)
-            if old is not None:
-                self._size -= _VAR_OVERHEAD + len(key) + len(old)
-            if value is not None:
-                self._vars[key] = value
-                self._size += _VAR_OVERHEAD + len(key) + len(value)
-
-    def __len__(self) -> int:
-        return len(self._vars)
-
-
-def _config_strings(config: dict) -> dict[bytes, bytes]:
-    """Extism config values are strings: others as JSON text (C{5}, C{true}, ...)."""
-    out = {}
-    for key, value in config.items():
-        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
-        out[str(key).encode("utf-8")] = text.encode("utf-8")
-    return out
 
 
 class ExtismAbi:
@@ -205,7 +159,7 @@ class ExtismAbi:
                 "Extism plugins read config: as a map of strings (config_get); "
                 "config_raw/config_base64 are for guests that read raw bytes",
             )
-        self.config = _config_strings(filt.config)
+        self.config = config_strings(filt.config)
         self.vars = VarStore()
         self.kernel = filt.engine.compile(kernel_wasm())
 
@@ -338,16 +292,16 @@ class ExtismAbi:
             "config_get": ((_I64,), (_I64,), self._config_get),
             "var_get": ((_I64,), (_I64,), self._var_get),
             "var_set": ((_I64, _I64), (), self._var_set),
-            "get_log_level": ((), (_I32,), lambda ctx: _log_level),
-            "http_request": ((_I64, _I64), (_I64,), lambda ctx: _no_network),
-            "http_status_code": ((), (_I32,), lambda ctx: _no_network),
-            "http_headers": ((), (_I64,), lambda ctx: _no_network),
+            "get_log_level": ((), (_I32,), lambda ctx: log_level),
+            "http_request": ((_I64, _I64), (_I64,), lambda ctx: no_network),
+            "http_status_code": ((), (_I32,), lambda ctx: no_network),
+            "http_headers": ((), (_I64,), lambda ctx: no_network),
         }
         for name, level in _LOG_LEVELS.items():
             table[name] = ((_I64,), (), self._logger(level))
         out = {(MODULE, name): HostFunc(p, r, make) for name, (p, r, make) in table.items()}
         for name, (params, results) in _KERNEL_SIGS.items():
-            out[(MODULE, name)] = HostFunc(params, results, _kernel_provided)
+            out[(MODULE, name)] = HostFunc(params, results, kernel_provided)
         return out
 
     # Each C{_x(ctx)} returns the host function for that instance.
@@ -358,26 +312,26 @@ class ExtismAbi:
 
     def _config_get(self, ctx: InstanceContext) -> _raw.HostFn:
         def config_get(base: int, size: int, key: int) -> int:
-            value = self.config.get(_take_block(ctx, key, "config key"))
-            return 0 if value is None else _new_block(ctx, value)
+            value = self.config.get(take_block(ctx, key, "config key"))
+            return 0 if value is None else new_block(ctx, value)
 
         return config_get
 
     def _var_get(self, ctx: InstanceContext) -> _raw.HostFn:
         def var_get(base: int, size: int, key: int) -> int:
-            value = self.vars.get(_take_block(ctx, key, "var key"))
-            return 0 if value is None else _new_block(ctx, value)
+            value = self.vars.get(take_block(ctx, key, "var key"))
+            return 0 if value is None else new_block(ctx, value)
 
         return var_get
 
     def _var_set(self, ctx: InstanceContext) -> _raw.HostFn:
         def var_set(base: int, size: int, key: int, value: int) -> None:
-            name = _block(ctx, key, "var key")
+            name = block(ctx, key, "var key")
             if not value:
                 self.vars.set(name, None)
                 ctx.abi_state["free"](key)
                 return
-            data = _block(ctx, value, "var value")
+            data = block(ctx, value, "var value")
             self.vars.set(name, data)
             ctx.abi_state["free"](value)
             ctx.abi_state["free"](key)
@@ -392,7 +346,7 @@ class ExtismAbi:
                 if level is None:  # below the log level: dropped (and freed)
                     ctx.abi_state["free"](offset)
                     return
-                text = _take_block(ctx, offset, "log message", limit=MAX_LOG_MESSAGE)
+                text = take_block(ctx, offset, "log message", limit=MAX_LOG_MESSAGE)
                 env.log_text(level, text.decode("utf-8", "replace"))
 
             return log
@@ -403,48 +357,3 @@ class ExtismAbi:
 ABI = ExtismAbi
 
 
-def _kernel_provided(ctx: InstanceContext) -> _raw.HostFn:
-    raise RuntimeError("provided by the Extism kernel, never by a host function")
-
-
-def _log_level(base: int, size: int) -> int:
-    return LOG_LEVEL_INFO
-
-
-def _no_network(base: int, size: int, *args: int) -> int:
-    raise GuestFault("Extism HTTP requests are refused: wasmgate filters have no network access")
-
-
-def _block(ctx: InstanceContext, offset: int, what: str, limit: Optional[int] = None) -> bytes:
-    """The bytes of the kernel block at C{offset}; L{GuestFault} when it is none."""
-    st = ctx.abi_state
-    n = st["length"](offset) & _U64
-    if not n:
-        raise GuestFault("invalid handle offset for %s: %d" % (what, offset & _U64))
-    if limit is not None:
-        n = min(n, limit)
-    kbase, ksize = ctx.path.memory_span(ctx.store, st["kmem"])
-    try:
-        return _raw.read(kbase, ksize, offset, n)
-    except IndexError as e:
-        raise GuestFault(str(e)) from None
-
-
-def _take_block(ctx: InstanceContext, offset: int, what: str, limit: Optional[int] = None) -> bytes:
-    """L{_block}, then the block is freed (the host owns it now)."""
-    data = _block(ctx, offset, what, limit)
-    ctx.abi_state["free"](offset)
-    return data
-
-
-def _new_block(ctx: InstanceContext, data: bytes) -> int:
-    """A new kernel block holding C{data}; its offset (0 for no data)."""
-    if not data:
-        return 0
-    st = ctx.abi_state
-    offset = st["alloc"](len(data)) & _U64
-    if not offset:
-        raise OverMemoryCap("the kernel's memory cannot hold %d more bytes" % (len(data),))
-    kbase, ksize = ctx.path.memory_span(ctx.store, st["kmem"])
-    _raw.write(kbase, ksize, offset, data)
-    return offset
