@@ -123,6 +123,7 @@ def inspect_module(
     memory_limit_mb: float = 16,
     name: Optional[str] = None,
     export: str = "handler",
+    config_bytes: Optional[bytes] = None,
 ) -> InspectReport:
     """
     Describe C{source} (wasm bytes or a file path) and try to load it with
@@ -133,6 +134,9 @@ def inspect_module(
         refusing it then goes to C{config_refused}, not C{problems}.
     @param name: what to call C{source} in the report (default: its path,
         or C{<bytes>}).
+    @param export: the function an Extism plugin's calls go to (C{export:}).
+    @param config_bytes: C{config_raw:}/C{config_base64:}, given instead of
+        C{config} to guests that read raw bytes.
     """
     if isinstance(source, (bytes, bytearray)):
         name, data = name or "<bytes>", bytes(source)
@@ -174,6 +178,7 @@ def inspect_module(
             config=dict(config or {}),
             memory_limit_mb=memory_limit_mb,
             export=export,
+            config_bytes=config_bytes,
             state=store,
             log=Logger(namespace="wasmgate.inspect", observer=lambda event: None),
         )
