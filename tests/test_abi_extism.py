@@ -370,3 +370,15 @@ def test_logs_go_to_the_plugin_log() -> None:
         assert said == [("info", "hello, world")]  # log_debug is below the level
     finally:
         ours.close()
+
+
+def test_kernel_stays_out_of_the_module_cache(engine: WasmEngine) -> None:
+    """The engine's cache holds live plugins' modules only (reloads release them): not the kernel."""
+    import hashlib
+
+    data = wasm(REDACTOR)
+    f = WasmFilter(name="t", module=engine.compile(data), engine=engine)
+    try:
+        assert engine.cached_digests() == {hashlib.sha256(data).hexdigest()}
+    finally:
+        f.close()

@@ -161,7 +161,9 @@ class ExtismAbi:
             )
         self.config = config_strings(filt.config)
         self.vars = VarStore()
-        self.kernel = filt.engine.compile(kernel_wasm())
+        # Compiled per filter, not through the engine's module cache: that
+        # cache holds the modules of live plugins only (reloads release them).
+        self.kernel = wasmtime.Module(filt.engine.engine, kernel_wasm())
 
     # -- instance lifecycle ----------------------------------------------
 
