@@ -499,20 +499,17 @@ def test_bodies_untouched_when_disabled(redactor_module: wasmtime.Module, host: 
     assert resp is None
 
 
-def test_other_content_types_untouched(redactor_module: wasmtime.Module, host: FakeHost) -> None:
-    """Only JSON/text/form bodies are rewritten; compressed ones never."""
+def test_readable_content_types(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    """JSON (+json too), text and form bodies are read; an `identity` coding is no coding."""
     guest = redactor(redactor_module, host, headers=[], emails=True)
-    body = b"a@example.com"
-    assert guest.request(request(headers={"content-type": "image/png"}, body=body)) is None
-    assert guest.request(request(headers={}, body=body)) is None
-    assert (
-        guest.request(
-            request(headers={"content-type": "text/plain", "content-encoding": "gzip"}, body=body)
-        )
-        is None
-    )
-    d = guest.request(request(headers={"content-type": "application/problem+json"}, body=body))
-    assert d is not None and base64.b64decode(d["body"]) == b"[REDACTED_EMAIL]"
+    for headers in (
+        {"content-type": "application/problem+json"},
+        {"content-type": "text/csv; charset=UTF-8"},
+        {"content-type": "text/plain", "content-encoding": "identity"},
+        {"content-type": ["text/plain", "text/plain"]},
+    ):
+        d = guest.request(request(headers=headers, body=b'"a@example.com"'))
+        assert d is not None and base64.b64decode(d["body"]) == b'"[REDACTED_EMAIL]"', headers
 
 
 def test_response_set_cookie(redactor_module: wasmtime.Module, host: FakeHost) -> None:
@@ -691,10 +688,9 @@ def test_text_body_cards_stay_bare(redactor_module: wasmtime.Module, host: FakeH
     """Outside JSON a card is replaced in place, with no quotes added."""
     guest = redactor(redactor_module, host, headers=[], card_numbers=True)
     body = b'{"card": 4111111111111111} -5500000000000004'
-    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
-        d = guest.request(request(headers={"content-type": content_type}, body=body))
-        assert d is not None
-        assert base64.b64decode(d["body"]) == b'{"card": [REDACTED_CARD]} -[REDACTED_CARD]'
+    d = guest.request(request(headers={"content-type": "text/plain"}, body=body))
+    assert d is not None
+    assert base64.b64decode(d["body"]) == b'{"card": [REDACTED_CARD]} -[REDACTED_CARD]'
 
 
 def test_pattern_mask_escaped_in_json(redactor_module: wasmtime.Module, host: FakeHost) -> None:
@@ -708,3 +704,328 @@ def test_pattern_mask_escaped_in_json(redactor_module: wasmtime.Module, host: Fa
     # Text bodies get the mask as configured.
     d = guest.request(request(headers={"content-type": "text/plain"}, body=b"id tok_abc end"))
     assert d is not None and base64.b64decode(d["body"]) == b"id " + mask.encode() + b" end"
+
+
+# ---------------------------------------- redactor: encoded bodies, fail closed
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def redacted_body(guest: Guest, body: bytes, content_type: str, **kw: Any) -> bytes | None:
+    """The body the redactor sends on, or None when it leaves it as it is."""
+    d = guest.request(request(headers={"content-type": content_type}, body=body, **kw))
+    if d is None or "body" not in d:
+        return None
+    assert d["block"] is False, d
+    return base64.b64decode(d["body"])
+
+
+def refusal(d: dict[str, Any] | None) -> tuple[int, str]:
+    """(status, text) of a request-phase refusal."""
+    assert d is not None and d["block"] is True, d
+    assert d["headers"]["content-type"] == "text/plain; charset=utf-8"
+    return d["status_code"], base64.b64decode(d["body"]).decode()
+
+
+def test_form_fields_are_decoded_before_scanning(
+    redactor_module: wasmtime.Module, host: FakeHost
+) -> None:
+    """
+    Percent-encoded and '+'-spaced e-mails and cards are found; the fields
+    masked are encoded again and every other pair stays byte-for-byte.
+    """
+    guest = redactor(redactor_module, host, headers=[], emails=True, card_numbers=True)
+    body = (
+        b"email=alice%40example.com&card=4111+1111+1111+1111&keep=a%2Bb%26c%3D+%C3%A9"
+        b"&n=4111%201111%201111%201111&dashed=5500%2D0000%2D0000%2D0004&flag&=&x=1"
+    )
+    assert redacted_body(guest, body, FORM + "; charset=UTF-8") == (
+        b"email=[REDACTED_EMAIL]&card=[REDACTED_CARD]&keep=a%2Bb%26c%3D+%C3%A9"
+        b"&n=[REDACTED_CARD]&dashed=[REDACTED_CARD]&flag&=&x=1"
+    )
+    # Names are fields too.
+    assert redacted_body(guest, b"bob%40example.com=1&a=b", FORM) == b"[REDACTED_EMAIL]=1&a=b"
+    # Encoded, but nothing to mask: the body is not rewritten.
+    assert redacted_body(guest, b"q=caf%C3%A9+au+lait&n=4111+1111", FORM) is None
+
+
+def test_form_field_reencoded_where_it_must_be(
+    redactor_module: wasmtime.Module, host: FakeHost
+) -> None:
+    """
+    A changed field is decoded text re-encoded: the form's delimiters,
+    spaces, controls and non-ASCII bytes are escaped (masks included), a
+    stray '%' stays a literal '%', and a form parser reads back the masked
+    text.
+    """
+    from urllib.parse import parse_qsl
+
+    mask = "x&y=z %\u00e9;"
+    guest = redactor(
+        redactor_module, host, headers=[], emails=True,
+        patterns=[{"pattern": r"tok_\w+", "mask": mask}],
+    )
+    body = b"note=%zz+mail+bob%40example.com%3B+ok%21+tok_abc%&other=%41"
+    out = redacted_body(guest, body, FORM)
+    assert out == (
+        b"note=%25zz+mail+[REDACTED_EMAIL]%3B+ok!+x%26y%3Dz+%25%C3%A9%3B%25&other=%41"
+    )
+    assert parse_qsl(out.decode(), keep_blank_values=True) == [
+        ("note", f"%zz mail [REDACTED_EMAIL]; ok! {mask}%"),
+        ("other", "A"),
+    ]
+
+
+def test_json_escapes_are_decoded_before_scanning(
+    redactor_module: wasmtime.Module, host: FakeHost
+) -> None:
+    r"""
+    `\u0040`, `\"`, `\/`, `\u0020` between card groups and surrogate pairs
+    hide nothing: strings (keys too) are scanned decoded, and a changed one
+    is written back escaped, so the document stays valid JSON with the
+    same text around each mask. Unchanged strings keep their bytes.
+    """
+    guest = redactor(redactor_module, host, headers=[], emails=True, card_numbers=True)
+    body = (
+        b'{"e": "alice\\u0040example.com", "c": "4111\\u00201111\\u00201111\\u00201111",'
+        b' "q": "say \\"bob@example.com\\" \\/ ok", "emoji": "\\ud83d\\ude00 carol\\u0040example.com",'
+        b' "lone": "\\ud800 dave\\u0040example.com", "ctl": "tab\\t\\u0000 eve\\u0040example.com\\n",'
+        b' "\\u0066rank\\u0040example.com": 1, "keep": "caf\\u00e9 \\n \\/"}'
+    )
+    out = redact_json(guest, body)
+    assert json.loads(out) == {
+        "e": "[REDACTED_EMAIL]",
+        "c": "[REDACTED_CARD]",
+        "q": 'say "[REDACTED_EMAIL]" / ok',
+        "emoji": "\U0001f600 [REDACTED_EMAIL]",
+        "lone": "\ud800 [REDACTED_EMAIL]",
+        "ctl": "tab\t\x00 [REDACTED_EMAIL]\n",
+        "[REDACTED_EMAIL]": 1,
+        "keep": "caf\u00e9 \n /",
+    }
+    assert b'"keep": "caf\\u00e9 \\n \\/"' in out
+    assert b"example.com" not in out
+
+
+def test_text_bodies_have_no_escapes(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    """A backslash in a text body is just a byte: it does not shield what follows it."""
+    guest = redactor(redactor_module, host, headers=[], emails=True, card_numbers=True)
+    out = redacted_body(guest, b"C:\\4111111111111111\\alice@example.com", "text/plain")
+    assert out == b"C:\\[REDACTED_CARD]\\[REDACTED_EMAIL]"
+
+
+def test_json_in_text_bodies_is_read_as_json(
+    redactor_module: wasmtime.Module, host: FakeHost
+) -> None:
+    r"""
+    Many servers parse JSON whatever the label: a text body that is valid
+    JSON has its escapes decoded too; one that is not is scanned as text
+    (not refused). Any */json, */x-json or +json type is JSON, strictly.
+    """
+    guest = redactor(redactor_module, host, headers=[], emails=True)
+    body = b'{"to": "alice\\u0040example.com"}'
+    assert redacted_body(guest, body, "text/plain") == b'{"to": "[REDACTED_EMAIL]"}'
+    assert redacted_body(guest, b'{"to": alice@example.com}', "text/plain") == b'{"to": [REDACTED_EMAIL]}'
+    assert redacted_body(guest, body, "text/json") == b'{"to": "[REDACTED_EMAIL]"}'
+    d = guest.request(request(headers={"content-type": "text/x-json"}, body=b'{"to": alice@example.com}'))
+    assert refusal(d) == (415, "request body refused: the body is not valid JSON\n")
+
+
+def test_json_numbers_matched_by_patterns_become_strings(
+    redactor_module: wasmtime.Module, host: FakeHost
+) -> None:
+    """A pattern matching a bare number masks it as a string: the body stays JSON."""
+    guest = redactor(redactor_module, host, headers=[], patterns=[r"\d{9}"])
+    out = redact_json(guest, b'{"ssn": 123456789, "long": -1234567890, "short": 12345}')
+    assert json.loads(out) == {"ssn": "[REDACTED]", "long": "-[REDACTED]0", "short": 12345}
+
+
+def test_json_lenient_but_unambiguous_is_read(
+    redactor_module: wasmtime.Module, host: FakeHost
+) -> None:
+    """A UTF-8 BOM and Python's NaN/Infinity are not refused."""
+    guest = redactor(redactor_module, host, headers=[], emails=True)
+    body = b'\xef\xbb\xbf{"a": NaN, "b": [-Infinity, Infinity], "e": "x@example.com"}'
+    assert redact_json(guest, body) == (
+        b'\xef\xbb\xbf{"a": NaN, "b": [-Infinity, Infinity], "e": "[REDACTED_EMAIL]"}'
+    )
+
+
+INVALID_JSON = [
+    b"{'e': 'alice@example.com'}",  # single quotes (JSON5)
+    b'{"e": "alice\\x40example.com"}',  # an escape JSON does not have
+    b'{"e": "alice\\u40example.com"}',  # a short \u escape
+    b'{"a": 1,}',
+    b'{"a" 1}',
+    b'{"a": 4111 1111 1111 1111}',
+    b'{"a": 04111111111111111}',
+    b'{"a": +4111111111111111}',
+    b'{"a": 1} {"e": "x@example.com"}',
+    b'[1, 2',
+    b'{"e": "unterminated',
+    b'{"e": "raw\ncontrol"}',
+    b'{e: "x@example.com"}',
+]
+
+
+@pytest.mark.parametrize("body", INVALID_JSON)
+def test_invalid_json_refused(
+    redactor_module: wasmtime.Module, host: FakeHost, body: bytes
+) -> None:
+    """
+    A JSON body that does not parse could be read some other way at the
+    other end (`\\x40` is an '@' to some readers): refused unless the route
+    says `unredactable: pass`, which scans it as text as before.
+    """
+    guest = redactor(redactor_module, host, headers=[], emails=True, card_numbers=True)
+    d = guest.request(request(headers={"content-type": "application/json"}, body=body))
+    assert refusal(d) == (415, "request body refused: the body is not valid JSON\n")
+    passing = redactor(
+        redactor_module, host, headers=[], emails=True, card_numbers=True, unredactable="pass"
+    )
+    out = redacted_body(passing, body, "application/json")
+    if b"alice@example.com" in body:
+        assert out is not None and b"alice@example.com" not in out
+
+
+UNREADABLE = [
+    ({"content-type": "image/png"}, "this Content-Type is not accepted"),
+    ({"content-type": "multipart/form-data; boundary=x"}, "this Content-Type is not accepted"),
+    ({}, "a body needs a Content-Type"),
+    ({"content-type": " ; charset=utf-8"}, "a body needs a Content-Type"),
+    ({"content-type": ["text/plain", "image/png"]}, "this Content-Type is not accepted"),
+    ({"content-type": "text/plain", "content-encoding": "gzip"}, "a Content-Encoding is not accepted"),
+    ({"content-type": "text/plain", "content-encoding": "identity, br"}, "a Content-Encoding"),
+    ({"content-type": "text/plain", "content-encoding": ["identity", "deflate"]}, "a Content-Encoding"),
+    ({"content-type": "text/plain", "content-encoding": "x-custom"}, "a Content-Encoding"),
+    ({"content-type": "application/json; charset=utf-16"}, "this charset is not accepted"),
+    ({"content-type": 'text/plain; format=flowed; charset="UTF-32LE"'}, "this charset"),
+]
+
+
+@pytest.mark.parametrize("headers, why", UNREADABLE)
+def test_unreadable_request_bodies_refused(
+    redactor_module: wasmtime.Module, host: FakeHost, headers: dict[str, Any], why: str
+) -> None:
+    """
+    A body the redactor cannot read gets a 415 saying what to change (and
+    `Accept-Encoding: identity` for a coding); `unredactable: pass` lets it
+    through untouched, headers still redacted.
+    """
+    guest = redactor(redactor_module, host, emails=True)
+    body = "a@example.com".encode("utf-16") if "charset" in str(headers) else b"a@example.com"
+    d = guest.request(request(headers=dict(headers), body=body))
+    status, text = refusal(d)
+    assert status == 415 and text.startswith("request body refused: " + why), text
+    assert d is not None
+    if "content-encoding" in headers:
+        assert d["headers"]["accept-encoding"] == "identity"
+    else:
+        assert "accept-encoding" not in d["headers"]
+    # The route may say pass, or the plugin config.
+    with_auth = dict(headers, authorization="Bearer s")
+    passing = redactor(redactor_module, host, emails=True, unredactable="pass")
+    for g, rc in ((guest, {"unredactable": "pass"}), (passing, None)):
+        d = g.request(request(headers=with_auth, body=body, route_config=rc))
+        assert d == {"block": False, "headers": {"authorization": "REDACTED"}}, d
+
+
+def test_refusal_only_where_body_redaction_is_on(
+    redactor_module: wasmtime.Module, host: FakeHost
+) -> None:
+    """Header-only routes, and empty bodies, never get a 415."""
+    headers = {"content-type": "text/plain", "content-encoding": "gzip"}
+    header_only = redactor(redactor_module, host)
+    assert header_only.request(request(headers=headers, body=b"\x1f\x8b...")) is None
+    bodies = redactor(redactor_module, host, emails=True)
+    assert bodies.request(request(headers=headers, body=b"")) is None
+    assert bodies.request(request(headers={}, body=b"")) is None
+    assert bodies.request(request(headers=headers, route_config={"emails": False}, body=b"x")) is None
+
+
+def response_payload(headers: dict[str, Any], body: bytes, **extra: Any) -> dict[str, Any]:
+    return {
+        "status_code": 200,
+        "headers": headers,
+        "body": base64.b64encode(body).decode(),
+        "request": {"method": "GET", "path": "/x", "query": "", "client_ip": "192.0.2.1", "route": "api"},
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("headers, why", UNREADABLE[:2] + UNREADABLE[5:6] + UNREADABLE[9:10])
+def test_unreadable_response_bodies_are_a_502(
+    redactor_module: wasmtime.Module, host: FakeHost, headers: dict[str, Any], why: str
+) -> None:
+    """
+    An upstream body the redactor cannot read never reaches the client: the
+    response becomes an uncacheable 502 with a short text, its coding and
+    validators dropped, and the plugin log says which route and why.
+    `unredactable: pass` lets it through.
+    """
+    guest = redactor(redactor_module, host, headers=[], emails=True)
+    upstream_headers = dict(headers, etag='"v1"', **{"cache-control": "max-age=600"})
+    d = guest.response(response_payload(upstream_headers, b"\x1f\x8b a@example.com"))
+    assert d is not None and d["status_code"] == 502
+    assert base64.b64decode(d["body"]) == (
+        b"bad gateway: the upstream's response could not be checked on this route\n"
+    )
+    assert d["headers"]["content-type"] == "text/plain; charset=utf-8"
+    assert d["headers"]["cache-control"] == "no-store"
+    assert d["headers"]["content-encoding"] is None and d["headers"]["etag"] is None
+    warnings = [m for level, m in host.logs if level == 2]
+    assert len(warnings) == 1 and "route 'api'" in warnings[0], warnings
+    assert "upstream response refused (502)" in warnings[0]
+    assert guest.response(
+        response_payload(upstream_headers, b"\x1f\x8b a@example.com", route_config={"unredactable": "pass"})
+    ) is None
+    # Nothing to read, nothing to refuse.
+    assert guest.response(response_payload(upstream_headers, b"")) is None
+
+
+def test_json_response_escapes_decoded(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    guest = redactor(redactor_module, host, headers=[], emails=True)
+    d = guest.response(
+        response_payload({"content-type": "application/json"}, b'{"to": "bob\\u0040example.com"}')
+    )
+    assert d is not None and json.loads(base64.b64decode(d["body"])) == {"to": "[REDACTED_EMAIL]"}
+
+
+def test_unredactable_option_checked(redactor_module: wasmtime.Module, host: FakeHost) -> None:
+    """
+    An unknown `unredactable` value is a config error; in a route override it
+    fails that request (the gateway's failure policy) instead of guessing.
+    """
+    for value in ("maybe", True, "PASS"):
+        bad = Guest(redactor_module, host)
+        assert bad.init({"unredactable": value}) != 0
+        assert "'unredactable' must be \"refuse\" or \"pass\"" in host.errors()[-1], host.errors()
+    guest = redactor(redactor_module, host, emails=True)
+    with pytest.raises(wasmtime.Trap):
+        guest.request(request(route_config={"unredactable": "maybe"}))
+    assert "'unredactable' must be" in host.errors()[-1], host.errors()
+
+
+def test_large_and_deep_json_within_the_default_caps() -> None:
+    """
+    A body of almost the default max_body_bytes (1 MiB) full of matches, and
+    one nested 300 000 deep, are redacted under the default 16 MiB memory
+    cap, call after call (no recursion; output sized once, not by doubling;
+    a big body's garbage collected before the next call makes more).
+    """
+    from wasmgate.testing import FilterHarness
+
+    rows = [{"e": f"x{i}@example.com", "n": 4111111111111111, "s": "\\u0040"} for i in range(15_000)]
+    wide = json.dumps(rows).encode()
+    deep = b"[" * 300_000 + b'"a@example.com"' + b"]" * 300_000
+    assert 1_000_000 < len(wide) < 1 << 20
+    with FilterHarness(
+        PLUGINS / "pii_redactor.wasm", include_body=True, timeout_ms=5000,
+        config={"emails": True, "card_numbers": True},
+    ) as h:
+        for _ in range(3):
+            for body, masked in ((wide, b'"e": "[REDACTED_EMAIL]", "n": "[REDACTED_CARD]"'),
+                                 (deep, b'["[REDACTED_EMAIL]"]')):
+                out = h.request(method="POST", headers={"content-type": "application/json"}, body=body)
+                assert masked in out.request.body and b"example.com" not in out.request.body

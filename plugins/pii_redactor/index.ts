@@ -12,19 +12,33 @@
 //                                    digits, first digit 2-6, Luhn-valid; a bare
 //                                    JSON number becomes the string "[REDACTED_CARD]")
 //   patterns: [pattern | {pattern, mask}]   see pattern.ts; default mask [REDACTED]
-//   content_types: [media types]     bodies redacted only for these (a '*' is a
-//                                    wildcard: "text/*", "application/*+json")
+//   content_types: [media types]     the bodies it reads (a '*' is a wildcard:
+//                                    "text/*", "application/*+json")
+//   unredactable: refuse | pass      what to do with a body it cannot read
+//                                    (default refuse, see below)
 //
-// Bodies are only looked at when one of emails/card_numbers/patterns is on,
-// the body arrived (the plugin needs `include_body: true` in gateway.yaml),
-// its Content-Type matches and it has no Content-Encoding (compressed bodies
-// pass unchanged). Otherwise bodies are never touched.
+// Body redaction is on when one of emails/card_numbers/patterns is; then
+// every non-empty body that arrives (the plugin needs `include_body: true`
+// in gateway.yaml) is read by its Content-Type (body.ts, media.ts): JSON
+// (*/json, */x-json, +json) string by string with escapes decoded
+// (jsonbody.ts); forms (application/x-www-form-urlencoded) field by field,
+// percent-decoded (form.ts); any other listed type as plain bytes, or as
+// JSON when it is valid JSON. Masked strings and fields are encoded back;
+// the rest of the body keeps its bytes. A body it cannot read -- any
+// Content-Encoding but identity, no Content-Type or one outside
+// content_types, several differing Content-Types, a charset that is not
+// ASCII-compatible, a JSON type that does not parse -- is refused: 415 for
+// a request body (nothing goes upstream), 502 for a response body (the
+// upstream's body and its Content-Encoding and validators are replaced by a
+// short text, Cache-Control: no-store, and a warning names the route),
+// unless the config says `unredactable: pass`, which lets it through as it
+// is (JSON that does not parse is then scanned as text). With body
+// redaction off, bodies are never looked at.
 
 import {
   Action,
   CONTINUE,
   Json,
-  JsonKind,
   Payload,
   Request,
   Response,
@@ -36,156 +50,30 @@ import {
   readRequest,
   readResponse,
   respond,
-  configShapeError,
-  unknownKeyError,
 } from "../sdk";
-import { Pattern, compilePattern } from "./pattern";
-import { redactCards, redactEmails, redactPattern } from "./scan";
+import { BodyOutcome, collectAfterBigBody, redactBody } from "./body";
+import { UNREADABLE_CHARSET, UNREADABLE_ENCODING, UNREADABLE_JSON, UNREADABLE_NO_TYPE, unreadableReason } from "./media";
+import { Settings, parseSettings } from "./settings";
 
 export { wasmgate_alloc } from "../sdk";
 
-const CONFIG_KEYS: Array<string> = [
-  "headers",
-  "redact_response_headers",
-  "emails",
-  "card_numbers",
-  "patterns",
-  "content_types",
-];
-const DEFAULT_HEADERS: Array<string> = ["authorization", "cookie", "x-api-key"];
-const DEFAULT_CONTENT_TYPES: Array<string> = [
-  "application/json",
-  "application/*+json",
-  "text/*",
-  "application/x-www-form-urlencoded",
-];
 const HEADER_MASK = "REDACTED";
-const DEFAULT_PATTERN_MASK = "[REDACTED]";
 const MAX_CACHED_OVERRIDES = 64;
-
-class Settings {
-  headers: Array<string> = [];
-  responseHeaders: Array<string> = [];
-  emails: bool = false;
-  cards: bool = false;
-  patterns: Array<Pattern> = [];
-  contentTypes: Array<string> = [];
-
-  get bodies(): bool {
-    return this.emails || this.cards || this.patterns.length > 0;
-  }
-}
-
-class Parsed {
-  settings: Settings | null = null;
-  error: string = "";
-}
+/** Headers describing the upstream's body, dropped with it when a response is refused. */
+const REFUSED_RESPONSE_DROP: Array<string> = [
+  "content-encoding",
+  "content-range",
+  "content-disposition",
+  "content-language",
+  "content-location",
+  "etag",
+  "last-modified",
+];
 
 let baseConfig: Json = Json.Obj();
-let baseSettings: Settings = defaultSettings();
+let baseSettings: Settings = new Settings();
 const overrides = new Map<string, Settings>();
 let warnedNoBody = false;
-
-function defaultSettings(): Settings {
-  const s = new Settings();
-  s.headers = DEFAULT_HEADERS.slice(0);
-  s.contentTypes = DEFAULT_CONTENT_TYPES.slice(0);
-  return s;
-}
-
-/** A list of strings, lower-cased; null (with `r.error` set) when it is not one. */
-function stringList(cfg: Json, key: string, r: Parsed, lower: bool): Array<string> | null {
-  const v = cfg.get(key);
-  const out = new Array<string>();
-  if (v === null) return out;
-  if (v.kind != JsonKind.ARRAY) {
-    r.error = "'" + key + "' must be a list of strings";
-    return null;
-  }
-  for (let i = 0; i < v.length; i++) {
-    const item = v.at(i);
-    if (item.kind != JsonKind.STRING || item.s.trim().length == 0) {
-      r.error = "'" + key + "' must be a list of non-empty strings";
-      return null;
-    }
-    out.push(lower ? item.s.trim().toLowerCase() : item.s);
-  }
-  return out;
-}
-
-function boolOption(cfg: Json, key: string, r: Parsed): bool {
-  const v = cfg.get(key);
-  if (v === null) return false;
-  if (v.kind != JsonKind.BOOL) {
-    r.error = "'" + key + "' must be true or false";
-    return false;
-  }
-  return v.b;
-}
-
-function parseSettings(cfg: Json): Parsed {
-  const r = new Parsed();
-  const shape = configShapeError(cfg, CONFIG_KEYS);
-  if (shape.length > 0) {
-    r.error = shape;
-    return r;
-  }
-  const s = defaultSettings();
-  if (cfg.has("headers")) {
-    const h = stringList(cfg, "headers", r, true);
-    if (h === null) return r;
-    s.headers = h;
-  }
-  const rh = stringList(cfg, "redact_response_headers", r, true);
-  if (rh === null) return r;
-  s.responseHeaders = rh;
-  if (cfg.has("content_types")) {
-    const ct = stringList(cfg, "content_types", r, true);
-    if (ct === null) return r;
-    s.contentTypes = ct;
-  }
-  s.emails = boolOption(cfg, "emails", r);
-  s.cards = boolOption(cfg, "card_numbers", r);
-  if (r.error.length > 0) return r;
-  const pats = cfg.get("patterns");
-  if (pats !== null) {
-    if (pats.kind != JsonKind.ARRAY) {
-      r.error = "'patterns' must be a list";
-      return r;
-    }
-    for (let i = 0; i < pats.length; i++) {
-      const p = pats.at(i);
-      let source = "";
-      let mask = DEFAULT_PATTERN_MASK;
-      if (p.kind == JsonKind.STRING) {
-        source = p.s;
-      } else if (p.kind == JsonKind.OBJECT) {
-        const bad = unknownKeyError(p, ["pattern", "mask"]);
-        const src = p.getString("pattern");
-        const m = p.get("mask");
-        if (bad.length > 0 || src === null || (m !== null && m.kind != JsonKind.STRING)) {
-          r.error = "'patterns' item " + i.toString() + " must be a string or {pattern: string, mask: string}" +
-            (bad.length > 0 ? ": " + bad : "");
-          return r;
-        }
-        source = src;
-        if (m !== null) mask = m.s;
-      } else {
-        r.error = "'patterns' item " + i.toString() + " must be a string or {pattern, mask}";
-        return r;
-      }
-      const c = compilePattern(source, mask);
-      const pat = c.pattern;
-      if (pat === null) {
-        r.error = "'patterns' item " + i.toString() + ": " + c.error;
-        return r;
-      }
-      s.patterns.push(pat);
-    }
-  }
-  r.settings = s;
-  return r;
-}
 
 export function wasmgate_init(ptr: usize, len: i32): i32 {
   const cfg = readConfig(ptr, len);
@@ -221,82 +109,25 @@ function settingsFor(routeConfig: Span, route: string): Settings {
   return s;
 }
 
-/** Whether `contentType` (a header value) is one of `allowed` ('*' wildcard). */
-function contentTypeMatches(contentType: string, allowed: Array<string>): bool {
-  let media = contentType;
-  const semi = media.indexOf(";");
-  if (semi >= 0) media = media.substring(0, semi);
-  media = media.trim().toLowerCase();
-  if (media.length == 0) return false;
-  for (let i = 0; i < allowed.length; i++) {
-    const a = allowed[i];
-    const star = a.indexOf("*");
-    if (star < 0) {
-      if (media == a) return true;
-      continue;
-    }
-    const pre = a.substring(0, star);
-    const post = a.substring(star + 1);
-    if (media.length >= pre.length + post.length && media.startsWith(pre) && media.endsWith(post)) return true;
-  }
-  return false;
-}
-
-/** Whether `contentType` (a header value) says JSON: application/json or any +json. */
-function isJson(contentType: string): bool {
-  let media = contentType;
-  const semi = media.indexOf(";");
-  if (semi >= 0) media = media.substring(0, semi);
-  media = media.trim().toLowerCase();
-  return media == "application/json" || media.endsWith("+json");
-}
-
-/** Whether a body with these headers is one we may rewrite. */
-function bodyEligible(p: Payload, s: Settings): bool {
-  const ct = p.header("content-type");
-  if (ct === null || !contentTypeMatches(ct, s.contentTypes)) return false;
-  const ce = p.header("content-encoding");
-  return ce === null || ce.trim().length == 0 || ce.trim().toLowerCase() == "identity";
-}
-
-/**
- * The redacted body, or null when nothing in it matched. `json` (the body is
- * JSON) keeps a masked document valid JSON.
- */
-function redactBody(body: Uint8Array, s: Settings, json: bool): Uint8Array | null {
-  let current = body;
-  let changed = false;
-  if (s.emails) {
-    const r = redactEmails(current);
-    if (r !== null) {
-      current = r;
-      changed = true;
-    }
-  }
-  if (s.cards) {
-    const r = redactCards(current, json);
-    if (r !== null) {
-      current = r;
-      changed = true;
-    }
-  }
-  for (let i = 0; i < s.patterns.length; i++) {
-    const r = redactPattern(current, s.patterns[i], json);
-    if (r !== null) {
-      current = r;
-      changed = true;
-    }
-  }
-  return changed ? current : null;
-}
-
 function redactHeaders(p: Payload, names: Array<string>, action: Action): void {
   for (let i = 0; i < names.length; i++) {
     if (p.hasHeader(names[i])) action.setHeader(names[i], HEADER_MASK);
   }
 }
 
+/** The 415 answer's text: what the client can change, nothing about us. */
+function refusalText(code: i32): string {
+  if (code == UNREADABLE_ENCODING) {
+    return "request body refused: a Content-Encoding is not accepted on this route; send it uncompressed\n";
+  }
+  if (code == UNREADABLE_NO_TYPE) return "request body refused: a body needs a Content-Type on this route\n";
+  if (code == UNREADABLE_CHARSET) return "request body refused: this charset is not accepted on this route; send UTF-8\n";
+  if (code == UNREADABLE_JSON) return "request body refused: the body is not valid JSON\n";
+  return "request body refused: this Content-Type is not accepted on this route\n";
+}
+
 export function handle_request(ptr: usize, len: i32): i64 {
+  collectAfterBigBody();
   const req: Request = readRequest(ptr, len);
   const rc = req.member("route_config");
   const s = rc.isObject ? settingsFor(rc, req.route) : baseSettings;
@@ -309,33 +140,54 @@ export function handle_request(ptr: usize, len: i32): i64 {
         warnedNoBody = true;
         logWarn("pii_redactor: body redaction is on but no request body arrived; set include_body: true on the plugin");
       }
-    } else if (bodyEligible(req, s)) {
-      const body = req.body();
-      if (body === null) throw new Error("pii_redactor: request body is not valid base64");
-      const red = redactBody(body, s, isJson(<string>req.header("content-type")));
+    } else if (b64.length > 0) {
+      const out: BodyOutcome = redactBody(req, b64, s);
+      if (out.refused != 0) {
+        const block = Action.block(415, refusalText(out.refused));
+        if (out.refused == UNREADABLE_ENCODING) block.setHeader("accept-encoding", "identity");
+        return respond(block);
+      }
+      const red = out.body;
       if (red !== null) action.setBody(red);
     }
   }
   return action.changed ? respond(action) : CONTINUE;
 }
 
+function routeOf(resp: Response): string {
+  const r = resp.requestMember("route").string();
+  return r !== null ? r : "";
+}
+
 export function handle_response(ptr: usize, len: i32): i64 {
+  collectAfterBigBody();
   const resp: Response = readResponse(ptr, len);
   // The route's override: top level, or inside "request" (either is accepted).
   let rc = resp.member("route_config");
   if (!rc.present) rc = resp.requestMember("route_config");
-  let s = baseSettings;
-  if (rc.isObject) {
-    const route = resp.requestMember("route").string();
-    s = settingsFor(rc, route !== null ? route : "");
-  }
+  const s = rc.isObject ? settingsFor(rc, routeOf(resp)) : baseSettings;
   const action = Action.change();
   redactHeaders(resp, s.responseHeaders, action);
-  if (s.bodies && resp.bodyBase64 !== null && bodyEligible(resp, s)) {
-    const body = resp.body();
-    if (body === null) throw new Error("pii_redactor: response body is not valid base64");
-    const red = redactBody(body, s, isJson(<string>resp.header("content-type")));
-    if (red !== null) action.setBody(red);
+  const b64 = resp.bodyBase64;
+  if (s.bodies && b64 !== null && b64.length > 0) {
+    const out: BodyOutcome = redactBody(resp, b64, s);
+    if (out.refused != 0) {
+      logWarn("pii_redactor: route '" + routeOf(resp) + "': upstream response refused (502): " +
+        unreadableReason(out.refused) + " (unredactable: pass lets such bodies through)");
+      refuseResponse(action);
+    } else {
+      const red = out.body;
+      if (red !== null) action.setBody(red);
+    }
   }
   return action.changed ? respond(action) : CONTINUE;
+}
+
+/** Replace the upstream's response by a 502 that says why, uncacheable. */
+function refuseResponse(action: Action): void {
+  action.setStatus(502);
+  for (let i = 0; i < REFUSED_RESPONSE_DROP.length; i++) action.removeHeader(REFUSED_RESPONSE_DROP[i]);
+  action.setHeader("content-type", "text/plain; charset=utf-8");
+  action.setHeader("cache-control", "no-store");
+  action.setBody(Uint8Array.wrap(String.UTF8.encode("bad gateway: the upstream's response could not be checked on this route\n")));
 }

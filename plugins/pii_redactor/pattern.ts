@@ -1,7 +1,8 @@
 // test-case-name: tests.test_bundled_filters_unit
 //
 // The redactor's pattern language: a deliberately tiny, regex-like subset,
-// matched against body bytes (AssemblyScript has no RegExp).
+// matched against bytes: a text body, or one decoded JSON string or form
+// field (AssemblyScript has no RegExp).
 //
 //   abc        literal bytes (non-ASCII text is matched as its UTF-8 bytes)
 //   .          any byte except newline
@@ -27,14 +28,13 @@ class Atom {
 export class Pattern {
   source: string;
   mask: string;
-  /** `mask` escaped for use inside a JSON string. */
-  jsonMask: string;
   atoms: Array<Atom> = [];
+  /** Which bytes can start a match (filled by `compilePattern`). */
+  starts: StaticArray<bool> = new StaticArray<bool>(256);
 
   constructor(source: string, mask: string) {
     this.source = source;
     this.mask = mask;
-    this.jsonMask = jsonEscape(mask);
   }
 
   /**
@@ -64,34 +64,18 @@ export class Pattern {
   }
 
   /** Whether byte `b` can start a match (a cheap pre-check per position). */
-  canStartWith(b: u8): bool {
-    // Leading atoms with min 0 could be skipped, so only the first atom with
-    // min > 0 and everything before it decide.
+  @inline canStartWith(b: u8): bool {
+    return unchecked(this.starts[b]);
+  }
+
+  /** Fill `starts`: the first atom with min > 0 and every optional one before it decide. */
+  noteStarts(): void {
     for (let k = 0; k < this.atoms.length; k++) {
       const a = this.atoms[k];
-      if (a.set[b]) return true;
-      if (a.min > 0) return false;
-    }
-    return false;
-  }
-}
-
-const HEX = "0123456789abcdef";
-
-/** `s` with `"`, `\` and control characters escaped as in a JSON string. */
-function jsonEscape(s: string): string {
-  let out = "";
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c == 0x22 || c == 0x5c) {
-      out += "\\" + String.fromCharCode(c);
-    } else if (c < 0x20) {
-      out += "\\u00" + HEX.charAt(c >> 4) + HEX.charAt(c & 0xf);
-    } else {
-      out += String.fromCharCode(c);
+      for (let c = 0; c < 256; c++) if (a.set[c]) this.starts[c] = true;
+      if (a.min > 0) return;
     }
   }
-  return out;
 }
 
 /** Result of compiling a pattern: the pattern, or why it was refused. */
@@ -272,6 +256,7 @@ export function compilePattern(source: string, mask: string): Compiled {
   let minLen: i64 = 0;
   for (let k = 0; k < pat.atoms.length; k++) minLen += pat.atoms[k].min;
   if (minLen == 0) return fail(source, 0, "pattern can match the empty string");
+  pat.noteStarts();
   const r = new Compiled();
   r.pattern = pat;
   return r;

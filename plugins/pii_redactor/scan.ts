@@ -1,23 +1,26 @@
 // test-case-name: tests.test_bundled_filters_unit
 //
-// Body scanners. They work on bytes, not decoded text, so bodies that are not
-// valid UTF-8 pass through byte-for-byte, and each returns null when it found
-// nothing so an unchanged body is never rewritten.
-//
-// Backslash escapes (`\n`, `\"`, `\u00e9`) are treated as opaque separators:
-// a match never starts or ends inside one, so masking a JSON body keeps it
-// valid JSON. Masks inserted into a JSON body never hold a quote, backslash
-// or control character unescaped, and a card that is a bare JSON number is
-// replaced by a JSON string (`"[REDACTED_CARD]"`), not by bare text.
+// The detectors: e-mail addresses, card numbers and configured patterns, each
+// scanning one range of bytes (a text body, or one decoded JSON string or
+// form field) and returning the range rewritten, or null when it found
+// nothing so an unchanged body is never rewritten. They work on bytes, not
+// decoded text, so content that is not valid UTF-8 passes through
+// byte-for-byte. They see plain text: decoding JSON escapes and form
+// encoding, and encoding the masks back, is the callers' job (jsonbody.ts,
+// form.ts). Ranges must lie within the array: the hot loops read unchecked.
 
-import { ByteBuilder } from "../sdk";
 import { Pattern } from "./pattern";
+import { Rewriter } from "./rewriter";
 
 export const EMAIL_MASK = "[REDACTED_EMAIL]";
 export const CARD_MASK = "[REDACTED_CARD]";
-const JSON_CARD_MASK = "\"" + CARD_MASK + "\"";
 
-function isDigit(c: u8): bool {
+// Scratch reused by every call (one call runs at a time per instance).
+const rw = new Rewriter();
+const groupStarts = new Array<i32>();
+const groupEnds = new Array<i32>();
+
+export function isDigit(c: u8): bool {
   return c >= 0x30 && c <= 0x39;
 }
 
@@ -32,41 +35,6 @@ function isLocalChar(c: u8): bool {
 
 function isDomainChar(c: u8): bool {
   return isAlpha(c) || isDigit(c) || c == 0x2e || c == 0x2d;
-}
-
-/** Length of the escape sequence starting at the backslash at `i`. */
-function escapeLength(b: Uint8Array, i: i32): i32 {
-  if (i + 1 < b.length && b[i + 1] == 0x75) return min(6, b.length - i); // \uXXXX
-  return min(2, b.length - i);
-}
-
-/** Collects the output lazily: nothing is copied until the first match. */
-class Rewriter {
-  src: Uint8Array;
-  out: ByteBuilder | null = null;
-  copied: i32 = 0;
-
-  constructor(src: Uint8Array) {
-    this.src = src;
-  }
-
-  replace(start: i32, end: i32, mask: string): void {
-    let out = this.out;
-    if (out === null) {
-      out = new ByteBuilder(this.src.length + 32);
-      this.out = out;
-    }
-    out.appendSlice(this.src, this.copied, start);
-    out.appendString(mask);
-    this.copied = end;
-  }
-
-  finish(): Uint8Array | null {
-    const out = this.out;
-    if (out === null) return null;
-    out.appendSlice(this.src, this.copied, this.src.length);
-    return out.toBytes();
-  }
 }
 
 /** `domain` = b[s:e]: labels of [A-Za-z0-9-], at least two, the last alphabetic and >= 2 long. */
@@ -90,22 +58,16 @@ function validDomain(b: Uint8Array, s: i32, e: i32): bool {
 }
 
 /**
- * Replace e-mail addresses (local@domain.tld, the common practical subset:
- * local part [A-Za-z0-9._%+-], a dotted domain with an alphabetic TLD).
+ * Replace e-mail addresses in b[start:end] (local@domain.tld, the common
+ * practical subset: local part [A-Za-z0-9._%+-], a dotted domain with an
+ * alphabetic TLD).
  */
-export function redactEmails(b: Uint8Array): Uint8Array | null {
-  const n = b.length;
-  const rw = new Rewriter(b);
-  let floor = 0; // matches never reach back before this (escapes, earlier matches)
-  let i = 0;
-  while (i < n) {
-    const c = b[i];
-    if (c == 0x5c) {
-      i += escapeLength(b, i);
-      floor = i;
-      continue;
-    }
-    if (c != 0x40) {
+export function redactEmails(b: Uint8Array, start: i32, end: i32): Uint8Array | null {
+  rw.begin(b, start, end);
+  let floor = start; // a match never reaches back before this (an earlier match)
+  let i = start;
+  while (i < end) {
+    if (unchecked(b[i]) != 0x40) {
       i++;
       continue;
     }
@@ -113,7 +75,7 @@ export function redactEmails(b: Uint8Array): Uint8Array | null {
     while (s > floor && isLocalChar(b[s - 1])) s--;
     while (s < i && b[s] == 0x2e) s++; // a local part does not start with '.'
     let e = i + 1;
-    while (e < n && isDomainChar(b[e])) e++;
+    while (e < end && isDomainChar(b[e])) e++;
     while (e > i + 1 && (b[e - 1] == 0x2e || b[e - 1] == 0x2d)) e--;
     if (s < i && e > i + 1 && b[i - 1] != 0x2e && validDomain(b, i + 1, e)) {
       rw.replace(s, e, EMAIL_MASK);
@@ -164,28 +126,28 @@ function cardLike(b: Uint8Array, starts: Array<i32>, ends: Array<i32>, g0: i32, 
   return !same && luhnValid(b, starts, ends, g0, g1);
 }
 
-/** A digit run must not continue a decimal number ("3.14159...", "1,234"). */
-function numberContinues(b: Uint8Array, sep: i32, digit: i32): bool {
-  return sep >= 0 && sep < b.length && (b[sep] == 0x2e || b[sep] == 0x2c) &&
-    digit >= 0 && digit < b.length && isDigit(b[digit]);
+/** A digit run must not continue a decimal number ("3.14159...", "1,234"): `sep`, `digit` within [start, end). */
+function numberContinues(b: Uint8Array, sep: i32, digit: i32, start: i32, end: i32): bool {
+  return sep >= start && sep < end && (b[sep] == 0x2e || b[sep] == 0x2c) &&
+    digit >= start && digit < end && isDigit(b[digit]);
 }
 
 /**
  * Mask the cards in the run of digit groups starting at `i` (the byte before
- * is not a digit), in place; returns where the run ends. `starts`/`ends` are
- * scratch.
+ * is not a digit); returns where the run ends.
  */
-function maskRun(b: Uint8Array, rw: Rewriter, i: i32, starts: Array<i32>, ends: Array<i32>): i32 {
-  const n = b.length;
+function maskRun(b: Uint8Array, i: i32, start: i32, end: i32): i32 {
+  const starts = groupStarts;
+  const ends = groupEnds;
   starts.length = 0;
   ends.length = 0;
   let p = i;
   while (true) {
     const gs = p;
-    while (p < n && isDigit(b[p])) p++;
+    while (p < end && isDigit(b[p])) p++;
     starts.push(gs);
     ends.push(p);
-    if (p + 1 < n && (b[p] == 0x20 || b[p] == 0x2d) && isDigit(b[p + 1])) {
+    if (p + 1 < end && (b[p] == 0x20 || b[p] == 0x2d) && isDigit(b[p + 1])) {
       p++;
       continue;
     }
@@ -193,8 +155,8 @@ function maskRun(b: Uint8Array, rw: Rewriter, i: i32, starts: Array<i32>, ends: 
   }
   const runEnd = p;
   const groups = starts.length;
-  const decimalBefore = numberContinues(b, i - 1, i - 2);
-  const decimalAfter = numberContinues(b, runEnd, runEnd + 1);
+  const decimalBefore = numberContinues(b, i - 1, i - 2, start, end);
+  const decimalAfter = numberContinues(b, runEnd, runEnd + 1, start, end);
   let g0 = 0;
   while (g0 < groups) {
     let matched = -1;
@@ -227,118 +189,48 @@ function maskRun(b: Uint8Array, rw: Rewriter, i: i32, starts: Array<i32>, ends: 
   return runEnd;
 }
 
-/**
- * Mask the JSON number token starting at `i` (a digit or `-`, outside any
- * string) if it is a card: the whole token, sign included, becomes the string
- * `"[REDACTED_CARD]"` so the document stays valid. A number with a fraction
- * or exponent is not a card. Digits grouped with spaces or dashes are not a
- * JSON number (the body is not valid JSON there) and are masked as in text.
- * Returns where the token ends.
- */
-function maskJsonNumber(b: Uint8Array, rw: Rewriter, i: i32, starts: Array<i32>, ends: Array<i32>): i32 {
-  const n = b.length;
-  let p = i;
-  if (b[p] == 0x2d) p++;
-  const ds = p;
-  while (p < n && isDigit(b[p])) p++;
-  const de = p;
-  if (p + 1 < n && (b[p] == 0x20 || b[p] == 0x2d) && isDigit(b[p + 1])) {
-    return maskRun(b, rw, ds, starts, ends);
-  }
-  let integer = true;
-  if (p + 1 < n && b[p] == 0x2e && isDigit(b[p + 1])) {
-    integer = false;
-    p += 2;
-    while (p < n && isDigit(b[p])) p++;
-  }
-  if (p < n && (b[p] | 0x20) == 0x65) {
-    let q = p + 1;
-    if (q < n && (b[q] == 0x2b || b[q] == 0x2d)) q++;
-    if (q < n && isDigit(b[q])) {
-      integer = false;
-      p = q;
-      while (p < n && isDigit(b[p])) p++;
-    }
-  }
-  const len = de - ds;
-  if (integer && len >= 13 && len <= 19) {
-    starts.length = 0;
-    ends.length = 0;
-    starts.push(ds);
-    ends.push(de);
-    if (cardLike(b, starts, ends, 0, 0)) rw.replace(i, de, JSON_CARD_MASK);
-  }
-  return p;
+/** Whether the digits b[start:end] (no separators) are a card number. */
+export function isCardNumber(b: Uint8Array, start: i32, end: i32): bool {
+  const len = end - start;
+  if (len < 13 || len > 19) return false;
+  groupStarts.length = 0;
+  groupEnds.length = 0;
+  groupStarts.push(start);
+  groupEnds.push(end);
+  return cardLike(b, groupStarts, groupEnds, 0, 0);
 }
 
 /**
- * Replace card numbers: 13 to 19 digits, optionally in groups separated by
- * one space or dash, with a card network's first digit (2-6), not all one
- * digit, passing the Luhn check. Within a run of groups the longest valid
- * span from each group wins ("4111 1111 1111 1111 2024" masks the card and
- * keeps the year).
- *
- * With `json`, the body is JSON: inside strings cards are masked in place;
- * outside them a card can only be a number, which becomes the string
- * `"[REDACTED_CARD]"` (see `maskJsonNumber`).
+ * Replace card numbers in b[start:end]: 13 to 19 digits, optionally in
+ * groups separated by one space or dash, with a card network's first digit
+ * (2-6), not all one digit, passing the Luhn check. Within a run of groups
+ * the longest valid span from each group wins ("4111 1111 1111 1111 2024"
+ * masks the card and keeps the year).
  */
-export function redactCards(b: Uint8Array, json: bool): Uint8Array | null {
-  const n = b.length;
-  const rw = new Rewriter(b);
-  const starts = new Array<i32>();
-  const ends = new Array<i32>();
-  let inString = false;
-  let i = 0;
-  while (i < n) {
-    const c = b[i];
-    if (json && !inString) {
-      if (c == 0x22) {
-        inString = true;
-        i++;
-      } else if (isDigit(c) || (c == 0x2d && i + 1 < n && isDigit(b[i + 1]))) {
-        i = maskJsonNumber(b, rw, i, starts, ends);
-      } else {
-        i++;
-      }
-      continue;
-    }
-    if (c == 0x5c) {
-      i += escapeLength(b, i);
-      continue;
-    }
-    if (c == 0x22) inString = false;
-    if (!isDigit(c)) {
+export function redactCards(b: Uint8Array, start: i32, end: i32): Uint8Array | null {
+  rw.begin(b, start, end);
+  let i = start;
+  while (i < end) {
+    if (!isDigit(unchecked(b[i]))) {
       i++;
       continue;
     }
-    i = maskRun(b, rw, i, starts, ends);
+    i = maskRun(b, i, start, end);
   }
   return rw.finish();
 }
 
-/**
- * Replace every (leftmost, non-overlapping) match of `pat` by its mask; with
- * `json` (a JSON body) by the mask escaped for a JSON string, so a configured
- * mask holding `"` or `\` cannot end the string it lands in.
- */
-export function redactPattern(b: Uint8Array, pat: Pattern, json: bool): Uint8Array | null {
-  const n = b.length;
-  const rw = new Rewriter(b);
-  const mask = json ? pat.jsonMask : pat.mask;
-  // A match stops before the next escape so it cannot cut one in half.
-  let nextEscape = indexOfByte(b, 0x5c, 0);
-  let i = 0;
-  while (i < n) {
-    if (i == nextEscape) {
-      i += escapeLength(b, i);
-      nextEscape = indexOfByte(b, 0x5c, i);
-      continue;
-    }
-    if (!pat.canStartWith(b[i])) {
+/** Replace every (leftmost, non-overlapping) match of `pat` in b[start:end] by its mask. */
+export function redactPattern(b: Uint8Array, start: i32, end: i32, pat: Pattern): Uint8Array | null {
+  rw.begin(b, start, end);
+  const mask = pat.mask;
+  let i = start;
+  while (i < end) {
+    if (!pat.canStartWith(unchecked(b[i]))) {
       i++;
       continue;
     }
-    const len = pat.matchAt(b, i, nextEscape < 0 ? n : nextEscape);
+    const len = pat.matchAt(b, i, end);
     if (len > 0) {
       rw.replace(i, i + len, mask);
       i += len;
@@ -347,9 +239,4 @@ export function redactPattern(b: Uint8Array, pat: Pattern, json: bool): Uint8Arr
     }
   }
   return rw.finish();
-}
-
-function indexOfByte(b: Uint8Array, value: u8, from: i32): i32 {
-  for (let i = from; i < b.length; i++) if (b[i] == value) return i;
-  return -1;
 }
