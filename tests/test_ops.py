@@ -40,7 +40,7 @@ async def test_metrics_normalise_paths_and_count(upstream, start_gateway, http):
         await _get(http, gw.url + path)
     _, body = await _get(http, gw.admin_url + "/metrics")
     text = body.decode()
-    assert 'http_requests_total{method="GET",path="/users/{id}",route="all",status="200"} 2.0' in text
+    assert 'http_requests_total{method="GET",path="/users/{id}",protocol="HTTP/1.1",route="all",status="200"} 2.0' in text
     assert 'path="/users/{id}/orders"' in text
     assert "/users/123" not in text and "/users/456" not in text
     assert 'http_request_duration_seconds_count{method="GET",path="/users/{id}",route="all"} 2.0' in text

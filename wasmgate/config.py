@@ -81,6 +81,12 @@ class ServerConfig:
     """Client connections open at once (None: from the file descriptor limit)."""
     banner: Optional[str] = None
     """A C{Server} header for the answers the gateway writes itself (None: none)."""
+    http2: bool = True
+    """Offer HTTP/2 to TLS clients (ALPN C{h2})."""
+    h2c: bool = False
+    """Take HTTP/2 with prior knowledge without TLS (behind a TLS load balancer)."""
+    max_concurrent_streams: int = 100
+    """HTTP/2 streams a client may have open at once."""
 
 
 @dataclass(frozen=True)
@@ -316,6 +322,9 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
             "path_params",
             "max_connections",
             "banner",
+            "http2",
+            "h2c",
+            "max_concurrent_streams",
         ),
     )
     listen = reader.get(data, "server", "listen", _listen, ("tcp:8080",))
@@ -356,6 +365,11 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
         path_params=reader.get(data, "server", "path_params", s.choice("route", "reject"), "route"),
         max_connections=reader.get(data, "server", "max_connections", s.integer(1, 10_000_000), None),
         banner=reader.get(data, "server", "banner", _banner, None),
+        http2=reader.get(data, "server", "http2", s.boolean, True),
+        h2c=reader.get(data, "server", "h2c", s.boolean, False),
+        max_concurrent_streams=reader.get(
+            data, "server", "max_concurrent_streams", s.integer(1, 10_000), 100
+        ),
     )
 
 

@@ -58,13 +58,13 @@ class GatewayMetrics:
         self.max_paths = max_paths
         self._paths: dict[str, set[str]] = {}
         self._labels: dict[tuple[str, str], str] = {}
-        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
         r = self.registry
         # Counted on the reactor thread for every request: plain numbers
         # (see _fastmetrics), not prometheus_client's locked values.
         self.requests = CounterFamily(
-            "http_requests", "Requests answered", ["method", "route", "path", "status"]
+            "http_requests", "Requests answered", ["method", "route", "path", "status", "protocol"]
         )
         self.duration = HistogramFamily(
             "http_request_duration_seconds",
@@ -148,7 +148,7 @@ class GatewayMetrics:
             method = "other"
         route = info.route or "-"
         path = self._path_label(route, info.path)
-        key = (method, route, path, str(info.status))
+        key = (method, route, path, str(info.status), info.protocol)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (

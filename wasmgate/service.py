@@ -110,6 +110,7 @@ class GatewayService(service.MultiService):
             start_exchange=self.gateway.start_exchange,
             refused=self._record,
         )
+        self.http.secure = config.server.tls is not None
         self.metrics.watch_server(self.http)
         self.metrics.watch_tunnels(self.gateway)
         self._tls_metrics_instance: Optional[TLSMetrics] = None
@@ -439,7 +440,9 @@ class GatewayService(service.MultiService):
         """
         settings = _NewSettings()
         tls, old_tls = config.server.tls, self.config.server.tls
-        if tls is not None and old_tls is not None and tls != old_tls:
+        if tls is not None and old_tls is not None and (
+            tls != old_tls or config.server.http2 != self.config.server.http2
+        ):
             settings.certificates = _certificate_store(config, self._tls_metrics())
         if config.access_log != self.config.access_log and config.access_log not in ("log", "off"):
             try:
@@ -524,6 +527,9 @@ def _server_settings(config: GatewayConfig) -> ServerSettings:
         write_timeout=server.timeouts.write,
         max_connections=server.max_connections or default_max_connections(),
         banner=server.banner.encode("ascii") if server.banner else None,
+        http2=server.http2,
+        h2c=server.h2c,
+        max_concurrent_streams=server.max_concurrent_streams,
     )
 
 
@@ -574,7 +580,10 @@ def _certificate_store(config: GatewayConfig, metrics: TLSMetrics) -> Certificat
     assert tls is not None
     try:
         return CertificateStore(
-            certificate_specs(tls), min_version=tls.min_version, metrics=metrics
+            certificate_specs(tls),
+            min_version=tls.min_version,
+            metrics=metrics,
+            alpn_protocols=(b"h2", b"http/1.1") if config.server.http2 else (b"http/1.1",),
         )
     except CertificateError as e:
         raise ConfigError(config.source, [f"server.tls: {p}" for p in e.problems]) from None

@@ -7,7 +7,7 @@ hands their requests to the exchange core.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from wasmgate.http import _wire
 from wasmgate.http._h1message import Exchange, Message
 from wasmgate.http.message import IncomingRequest, RequestRecord
+from wasmgate.http._timers import Deadline
+from wasmgate.http.h2 import H2ServerProtocol
 from wasmgate.http.server import HTTP11ServerProtocol
 
 log = Logger()
@@ -39,6 +41,11 @@ class ServerSettings:
         max_headers: int = 100,
         max_connections: int = 10_000,
         banner: Optional[bytes] = None,
+        http2: bool = True,
+        h2c: bool = False,
+        max_concurrent_streams: int = 100,
+        max_resets_per_second: int = 100,
+        max_control_frames_per_second: int = 100,
     ) -> None:
         self.max_body_bytes = max_body_bytes
         self.read_timeout = read_timeout
@@ -50,6 +57,108 @@ class ServerSettings:
         self.max_connections = max_connections
         self.banner = banner
         """A C{Server} header for answers the gateway writes itself."""
+        self.http2 = http2
+        """Offer HTTP/2 by ALPN under TLS."""
+        self.h2c = h2c
+        """Take HTTP/2 with prior knowledge in cleartext (behind a TLS load balancer)."""
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_resets_per_second = max_resets_per_second
+        """HTTP/2: a client resetting more streams a second is cut off (rapid reset)."""
+        self.max_control_frames_per_second = max_control_frames_per_second
+        """HTTP/2: a client sending more PING/SETTINGS frames a second is cut off."""
+
+
+class _Negotiating(Protocol):
+    """
+    A connection whose HTTP version is not known yet: HTTP/2 when TLS
+    negotiated C{h2} (ALPN), or when cleartext bytes start with the HTTP/2
+    preface and C{h2c} is on; HTTP/1.1 otherwise. Decided on the first
+    bytes, then everything goes to the chosen protocol.
+    """
+
+    def __init__(self, factory: "HTTPServerFactory") -> None:
+        self.factory = factory
+        self.inner: Optional[Protocol] = None
+        self.closing = False
+        self._seen = b""
+        self._since = 0.0
+        self._deadline: Optional[Deadline] = None
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self._since = factory.clock.seconds()
+        factory.connections.add(self)  # type: ignore[arg-type]
+        settings = factory.settings
+        self._deadline = Deadline(factory.clock, self._timed_out)
+        self._deadline.at(self._since + min(settings.read_timeout, settings.idle_timeout))
+
+    @property
+    def idle(self) -> bool:
+        return self.inner is None
+
+    @property
+    def idle_since(self) -> float:
+        return self._since
+
+    def close_idle(self) -> None:
+        self.abort()
+
+    def drain(self) -> None:
+        if self.inner is None:
+            self.abort()
+        else:
+            self.inner.drain()  # type: ignore[attr-defined]
+
+    def abort(self) -> None:
+        if self.inner is not None:
+            self.inner.abort()  # type: ignore[attr-defined]
+        elif self.transport is not None:
+            self.closing = True
+            self.transport.abortConnection()
+
+    def _timed_out(self) -> None:
+        if self.inner is None:
+            self.abort()
+
+    def dataReceived(self, data: bytes) -> None:
+        inner = self.inner
+        if inner is None:
+            data = self._seen + data
+            inner = self._choose(data)
+            if inner is None:
+                self._seen = data
+                return
+            self._seen = b""
+        inner.dataReceived(data)
+
+    def _choose(self, data: bytes) -> Optional[Protocol]:
+        factory = self.factory
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        if negotiated == b"h2":
+            inner: Protocol = H2ServerProtocol(factory)
+        elif negotiated is None and factory.settings.h2c and len(data) < len(_H2_PREFACE) and _H2_PREFACE.startswith(data):
+            return None  # could still be the HTTP/2 preface
+        elif negotiated is None and factory.settings.h2c and data.startswith(_H2_PREFACE):
+            inner = H2ServerProtocol(factory)
+        else:
+            inner = HTTP11ServerProtocol(factory)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        factory.connections.discard(self)  # type: ignore[arg-type]
+        self.inner = inner
+        inner.makeConnection(self.transport)
+        return inner
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        else:
+            self.factory.connection_closed(self)  # type: ignore[arg-type]
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class _Refused(Protocol):
@@ -84,6 +193,8 @@ class HTTPServerFactory(Factory):
         self.draining = False
         self.date = _wire.DateCache().value
         self._closed: list[Deferred[None]] = []
+        self.secure = False
+        """The listeners wrap TLS around this factory's protocols (ALPN picks HTTP/2)."""
         self.refused_connections = 0
         """Connections closed at once: C{max_connections} were open, none idle."""
         self.idle_closed = 0
@@ -107,6 +218,8 @@ class HTTPServerFactory(Factory):
                 return _Refused()
             self.idle_closed += 1
             min(idle, key=lambda p: p.idle_since).close_idle()
+        if self.secure or self.settings.h2c:
+            return _Negotiating(self)
         return HTTP11ServerProtocol(self)
 
     def drain(self) -> None:
