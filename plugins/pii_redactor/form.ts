@@ -8,7 +8,8 @@
 // as the WHATWG URL standard decodes it.
 
 import { ByteBuilder } from "../sdk";
-import { Detectors } from "./detect";
+import { CARD_DIGITS, Detectors, MAY_CARD, MAY_EMAIL } from "./detect";
+import { isDigit } from "./scan";
 import { Rewriter } from "./rewriter";
 
 // "%0".."%F" and "+": appended as slices, so encoding allocates nothing.
@@ -52,6 +53,18 @@ export function redactForm(b: Uint8Array, det: Detectors): Uint8Array | null {
   return -1;
 }
 
+/** What the detectors may find in b[s:e] (MAY_* of detect.ts). */
+function mayHold(b: Uint8Array, s: i32, e: i32): i32 {
+  let at = false;
+  let digits = 0;
+  for (let k = s; k < e; k++) {
+    const c = unchecked(b[k]);
+    if (c == 0x40) at = true;
+    else if (isDigit(c)) digits++;
+  }
+  return (at ? MAY_EMAIL : 0) | (digits >= CARD_DIGITS ? MAY_CARD : 0);
+}
+
 /** One name or value, b[s:e]. */
 function redactField(b: Uint8Array, s: i32, e: i32, det: Detectors): void {
   let encoded = false;
@@ -62,7 +75,17 @@ function redactField(b: Uint8Array, s: i32, e: i32, det: Detectors): void {
       break;
     }
   }
-  const red = encoded ? det.redact(decoded, 0, decodeField(b, s, e)) : det.redact(b, s, e);
+  let text = b;
+  let start = s;
+  let end = e;
+  if (encoded) {
+    text = decoded;
+    start = 0;
+    end = decodeField(b, s, e);
+  }
+  const may = mayHold(text, start, end);
+  if (may == 0 && det.patterns.length == 0) return;
+  const red = det.redact(text, start, end, may);
   if (red !== null) encodeField(rw.splice(s, e), red);
 }
 

@@ -13,7 +13,7 @@
 // single-quoted strings), so the caller is told and refuses it.
 
 import { ByteBuilder } from "../sdk";
-import { Detectors } from "./detect";
+import { CARD_DIGITS, Detectors, MAY_CARD, MAY_EMAIL } from "./detect";
 import { Rewriter } from "./rewriter";
 import { CARD_MASK, isCardNumber, isDigit } from "./scan";
 
@@ -205,12 +205,16 @@ function redactString(b: Uint8Array, q: i32, det: Detectors): i32 {
   const n = b.length;
   let p = q + 1;
   let escaped = false;
+  let at = false;
+  let digits = 0;
   while (true) {
     if (p >= n) return -1;
     const c = unchecked(b[p]);
     if (c == 0x22) break;
     if (c < 0x20) return -1;
     if (c != 0x5c) {
+      if (c == 0x40) at = true;
+      else if (isDigit(c)) digits++;
       p++;
       continue;
     }
@@ -228,9 +232,11 @@ function redactString(b: Uint8Array, q: i32, det: Detectors): i32 {
   }
   let red: Uint8Array | null;
   if (escaped) {
+    // An escape may stand for an '@' or a digit: no hints.
     red = det.redact(decoded, 0, decodeString(b, q + 1, p));
   } else {
-    red = det.redact(b, q + 1, p);
+    const may = (at ? MAY_EMAIL : 0) | (digits >= CARD_DIGITS ? MAY_CARD : 0);
+    red = may != 0 || det.patterns.length > 0 ? det.redact(b, q + 1, p, may) : null;
   }
   if (red !== null) writeString(rw.splice(q, p + 1), red);
   return p + 1;
