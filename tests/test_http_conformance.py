@@ -8,6 +8,7 @@ ways, and cancellation.
 """
 from __future__ import annotations
 
+import re
 import socket
 import time
 from typing import Any
@@ -37,7 +38,16 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-FWD = b"x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: x\r\n"
+FWD = (
+    b"x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: x\r\n"
+    b"x-request-id: ID\r\ntraceparent: TRACE\r\n"
+)
+
+
+def _stable(received: bytes) -> bytes:
+    """What the upstream received, with the request ID and trace context (random) as placeholders."""
+    received = re.sub(rb"x-request-id: [0-9a-f]{32}", b"x-request-id: ID", received)
+    return re.sub(rb"traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", b"traceparent: TRACE", received)
 
 CASES = [
     # (what, request bytes, status, exact bytes the upstream received)
@@ -70,7 +80,8 @@ CASES = [
     ("absolute form names the host",
      b"GET http://other.example/a?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200,
      b"GET /a?q=1 HTTP/1.1\r\nhost: other.example\r\n"
-     b"x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: other.example\r\n\r\n"),
+     b"x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: other.example\r\n"
+     b"x-request-id: ID\r\ntraceparent: TRACE\r\n\r\n"),
 ]
 
 
@@ -84,7 +95,7 @@ async def test_framing_table(recording, start_gateway, what, request_bytes, stat
     if status >= 400:
         assert b"\r\nConnection: close\r\n" in answer.split(b"\r\n\r\n")[0] + b"\r\n", what
     await task.deferLater(reactor, 0.05, lambda: None)
-    assert recorder.received == upstream_bytes, what
+    assert _stable(recorder.received) == upstream_bytes, what
 
 
 @pytest_twisted.ensureDeferred
@@ -102,7 +113,7 @@ async def test_a_bad_chunk_mid_body_never_reaches_the_upstream_whole(recording, 
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert recorder.requests == 0
     sent = b"POST /a HTTP/1.1\r\nhost: x\r\n" + FWD + b"transfer-encoding: chunked\r\n\r\n"
-    assert recorder.received in (b"", sent, sent + b"3\r\nabc\r\n")
+    assert _stable(recorder.received) in (b"", sent, sent + b"3\r\nabc\r\n")
 
 
 @pytest_twisted.ensureDeferred
@@ -117,7 +128,7 @@ async def test_pipelined_requests_go_upstream_and_back_in_order(recording, start
         b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     assert answer.count(b"HTTP/1.1 200 OK") == 3
-    assert recorder.received == (
+    assert _stable(recorder.received) == (
         b"GET /first HTTP/1.1\r\nhost: x\r\n" + FWD + b"\r\n"
         b"POST /second HTTP/1.1\r\nhost: x\r\n" + FWD + b"content-length: 2\r\n\r\nhi"
         b"GET /third HTTP/1.1\r\nhost: x\r\n" + FWD + b"\r\n"
@@ -143,7 +154,7 @@ async def test_expect_100_continue(recording, start_gateway):
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 200 ")
     # The gateway answered the expectation itself: the upstream gets a plain request.
-    assert recorder.received == b"PUT /up HTTP/1.1\r\nhost: x\r\n" + FWD + b"content-length: 5\r\n\r\nhello"
+    assert _stable(recorder.received) == b"PUT /up HTTP/1.1\r\nhost: x\r\n" + FWD + b"content-length: 5\r\n\r\nhello"
 
 
 @pytest.mark.parametrize(

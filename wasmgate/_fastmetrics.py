@@ -48,6 +48,12 @@ class CounterFamily:
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self._series: dict[tuple[str, ...], CountSeries] = {}
+        if not self.labelnames:
+            self.labels()  # a label-less counter shows from the start, at 0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Count on a label-less counter."""
+        self.labels().inc(amount)
 
     def labels(self, *values: str) -> CountSeries:
         series = self._series.get(values)

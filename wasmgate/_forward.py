@@ -125,6 +125,8 @@ class Forward:
 
     def stop(self) -> None:
         """Give up: a connection in progress is cancelled, one in use reset."""
+        if not self.ended and self.record.upstream_started:
+            self.record.upstream_ended = self.gateway.clock.seconds()
         self.ended = True
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -163,6 +165,7 @@ class Forward:
         self._pending = None
         if self.ended:
             return
+        self.record.attempts += 1
         connect_failed = reason.check(ConnectError) and not reason.check(ConnectingCancelledError)
         if connect_failed and target.failed(self.gateway.clock.seconds()):
             self.gateway.ejected(self.record.upstream, target, reason.getErrorMessage())
@@ -179,6 +182,10 @@ class Forward:
     def _send(self, conn: "UpstreamConnection") -> None:
         self.conn = conn
         self._sent_at = now = self.gateway.clock.seconds()
+        record = self.record
+        record.attempts += 1
+        if not record.upstream_started:
+            record.upstream_started = now
         first_check = now + self.timeout
         method = self.method
         head = b"%s %s HTTP/1.1\r\n%s" % (method, self.uri, _wire.header_block(self.headers))
@@ -296,6 +303,7 @@ class Forward:
             connection.abort()
             return
         self.ended = True
+        self.record.upstream_ended = self.gateway.clock.seconds()
         self._release_target()
         self.sink.upstream_upgraded(connection, rest)
 
@@ -304,6 +312,7 @@ class Forward:
         if self.ended:
             return
         self.ended = True
+        self.record.upstream_ended = self.gateway.clock.seconds()
         self._release_target()
         self.sink.upstream_done()
 
@@ -315,6 +324,7 @@ class Forward:
             # Headers are out; the only honest signal left is to cut the
             # connection so the client sees a truncated response.
             self.ended = True
+            self.record.upstream_ended = self.gateway.clock.seconds()
             self._release_target()
             self.record.error = f"upstream body failed: {reason.getErrorMessage()}"
             log.warn("upstream body failed: {error}", error=reason.getErrorMessage())

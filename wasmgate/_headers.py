@@ -65,7 +65,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Forwarded:
     """The headers to send upstream, and what was learnt reading the client's."""
 
-    __slots__ = ("headers", "client_ip", "scheme", "user_agent", "declared_length")
+    __slots__ = (
+        "headers", "client_ip", "scheme", "user_agent", "declared_length", "trusted",
+        "request_id", "traceparent", "tracestate",
+    )
 
     def __init__(self) -> None:
         self.headers: list[Header] = []
@@ -75,6 +78,12 @@ class Forwarded:
         self.user_agent: Optional[bytes] = None
         self.declared_length = False
         """The client sent a Content-Length (a zero one is passed on)."""
+        self.trusted = False
+        """The peer is a trusted proxy."""
+        self.request_id: Optional[bytes] = None
+        self.traceparent: Optional[bytes] = None
+        self.tracestate: Optional[bytes] = None
+        """What the client sent of these (dropped here: the exchange decides)."""
 
 
 def upstream_headers(
@@ -90,7 +99,8 @@ def upstream_headers(
     The client's end-to-end headers for the upstream, in one pass: Host
     first (C{host}: the one the request was routed by), X-Forwarded-For,
     -Proto and -Host last. C{drop} holds what is not passed on (see
-    L{dropping}); it must hold the hop-by-hop names and those four.
+    L{dropping}); it must hold the hop-by-hop names and those four, and
+    the C{X-Request-Id} and trace context headers it reads for the caller.
     """
     out = Forwarded()
     sent = out.headers = [(b"host", host.encode("latin-1"))] if host else []
@@ -111,6 +121,12 @@ def upstream_headers(
                 tokens.update(t.strip().lower() for t in header[1].split(b","))
             elif name == b"content-length":
                 out.declared_length = True
+            elif name == b"x-request-id":
+                out.request_id = out.request_id or header[1]
+            elif name == b"traceparent":
+                out.traceparent = out.traceparent or header[1]
+            elif name == b"tracestate":
+                out.tracestate = out.tracestate or header[1]
             continue
         if name.startswith(b"proxy-"):
             continue
@@ -119,6 +135,7 @@ def upstream_headers(
         sent.append(header)
     if tokens:
         sent[:] = [h for h in sent if h[0] not in tokens]
+    out.trusted = _trusted(peer, tuple(trusted))
     xff, out.client_ip = forwarded_for(peer, xff_in, trusted)
     out.scheme, forwarded_host = forwarded_scheme_and_host(
         peer, trusted, scheme="https" if secure else "http", host=host,

@@ -29,11 +29,17 @@ AccessSink = Callable[[str], None]
 
 
 def access_line(info: "RequestRecord", duration: float) -> str:
-    """One request as a JSON line: no request headers, no query string."""
-    line = {
+    """
+    One request as a JSON line: no request headers, no query string. Times
+    in milliseconds: the whole exchange, the upstream's part (from sending
+    to the end of its response) and each filter phase's.
+    """
+    line: dict[str, Any] = {
         "time": round(time.time(), 3),
+        "request_id": info.request_id,
         "client_ip": info.client_ip,
         "method": info.method,
+        "host": info.host,
         "path": info.path,
         "path_template": normalise_path(info.path),
         "route": info.route,
@@ -41,13 +47,26 @@ def access_line(info: "RequestRecord", duration: float) -> str:
         "bytes": info.bytes,
         "duration_ms": round(duration * 1000, 3),
         "upstream": info.target,
-        "filters": [f"{d.plugin}:{d.outcome}" for d in info.decisions],
+        "filters": [f"{d.plugin}:{d.phase}:{d.outcome}" for d in info.decisions],
     }
+    if info.protocol != "HTTP/1.1":
+        line["protocol"] = info.protocol
+    if info.sni:
+        line["sni"] = info.sni
+    if info.upstream_ended:
+        line["upstream_ms"] = round((info.upstream_ended - info.upstream_started) * 1000, 3)
+    if info.decisions:
+        phases: dict[str, float] = {}
+        for d in info.decisions:
+            phases[d.phase] = phases.get(d.phase, 0.0) + d.seconds
+        line["filter_ms"] = {phase: round(seconds * 1000, 3) for phase, seconds in phases.items()}
     if info.user_agent is not None:
         line["user_agent"] = info.user_agent
     if info.tunnel is not None:  # a WebSocket: its bytes each way and why it ended
         line["bytes_in"] = info.bytes_in
         line["tunnel_closed"] = info.tunnel
+    if info.trace is not None:
+        line["trace_id"] = info.trace.trace_id.decode("ascii")
     if info.error:
         line["error"] = info.error
     return json.dumps(line, separators=(",", ":"))

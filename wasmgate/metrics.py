@@ -1,27 +1,31 @@
-# -*- test-case-name: tests.test_ops -*-
+# -*- test-case-name: tests.test_ops,tests.test_observability -*-
 """
 Prometheus metrics of one gateway process, on a registry of its own.
 
-Label values are bounded: paths are normalised (ids become C{{id}}) and
-each route keeps at most C{max_paths} distinct paths, the rest counted as
-C{{other}}; never a raw path.
+The names the deployment's dashboards use are kept (C{http_requests_total},
+C{http_request_duration_seconds}); the rest are C{wasmgate_*}. Counted on
+the reactor thread for every request as plain numbers (L{_fastmetrics}),
+exported without C{_created} series. Label values are bounded: paths are
+normalised (ids become C{{id}}), each route keeps at most C{max_paths}
+distinct paths (the rest are C{{other}}), and a request no route matched
+is C{unmatched}; never a raw path.
 """
 from __future__ import annotations
 
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Gauge
 
+from wasmgate import _collectors as live
 from wasmgate._fastmetrics import CounterFamily, FastCollector, HistogramFamily
 
 if TYPE_CHECKING:
-    from wasmgate.generation import Generation
-    from wasmgate.http.message import RequestRecord
     from wasmgate.filterjobs import BatchingRunner
+    from wasmgate.generation import Generation
     from wasmgate.http.factory import HTTPServerFactory
+    from wasmgate.http.message import RequestRecord
     from wasmgate.proxy import Gateway
 
 _ID_SEGMENT = re.compile(
@@ -44,6 +48,10 @@ def normalise_path(path: str, *, max_segments: int = 6) -> str:
     return "/" + "/".join(out)
 
 
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_FILTER_LATENCY = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1)
+
+
 class GatewayMetrics:
     """The gateway's collectors; the service and the proxy report into it."""
 
@@ -52,56 +60,67 @@ class GatewayMetrics:
         *,
         registry: CollectorRegistry | None = None,
         generation: Callable[[], "Generation"] | None = None,
+        generations: Callable[[], Iterable["Generation"]] | None = None,
         max_paths: int = 200,
     ) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = r = registry if registry is not None else CollectorRegistry()
         self.max_paths = max_paths
         self._paths: dict[str, set[str]] = {}
         self._labels: dict[tuple[str, str], str] = {}
         self._children: dict[tuple[str, str, str, str, str], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
-        r = self.registry
-        # Counted on the reactor thread for every request: plain numbers
-        # (see _fastmetrics), not prometheus_client's locked values.
         self.requests = CounterFamily(
             "http_requests", "Requests answered", ["method", "route", "path", "status", "protocol"]
         )
         self.duration = HistogramFamily(
-            "http_request_duration_seconds",
-            "Time from request to the end of the response",
-            ["method", "route", "path"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        self.plugin_duration = HistogramFamily(
-            "wasmgate_plugin_duration_seconds",
-            "Time one filter took on one request or response",
-            ["plugin"],
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1),
-        )
-        self.plugin_errors = Counter(
-            "wasmgate_plugin_errors", "Filter failures by kind", ["plugin", "kind"], registry=r
+            "http_request_duration_seconds", "Time from request to the end of the response",
+            ["method", "route", "path"], _LATENCY,
         )
         self.upstream_requests = CounterFamily(
             "wasmgate_upstream_requests",
             "Requests sent to upstream targets, by the upstream's status (or error)",
             ["upstream", "target", "status"],
         )
+        self.upstream_duration = HistogramFamily(
+            "wasmgate_upstream_duration_seconds",
+            "Time from sending a request upstream to the end of its response", ["upstream"], _LATENCY,
+        )
+        self.plugin_duration = HistogramFamily(
+            "wasmgate_plugin_duration_seconds", "Time one filter took on one request or response",
+            ["plugin"], _FILTER_LATENCY,
+        )
+        self.decisions = CounterFamily(
+            "wasmgate_filter_decisions",
+            "What filters decided: continue, answer (reason: its status), failed or skipped (reason: the kind)",
+            ["plugin", "phase", "decision", "reason"],
+        )
+        self.plugin_errors = CounterFamily(
+            "wasmgate_plugin_errors", "Filter failures by kind", ["plugin", "kind"]
+        )
+        self.bytes = CounterFamily(
+            "wasmgate_bytes", "Body bytes from clients (in) and to clients (out)", ["direction"]
+        )
+        self.ejections = CounterFamily(
+            "wasmgate_upstream_ejections", "Targets taken out of rotation after connect failures in a row",
+            ["upstream", "target"],
+        )
+        self.reloads = CounterFamily("wasmgate_reloads", "Config reloads", ["result"])
         self.config_generation = Gauge(
             "wasmgate_config_generation", "Number of the live config generation", registry=r
         )
-        self.reloads = Counter("wasmgate_reloads", "Config reloads", ["result"], registry=r)
-        self.ejections = CounterFamily(
-            "wasmgate_upstream_ejections",
-            "Targets taken out of rotation after connect failures in a row",
-            ["upstream", "target"],
-        )
+        self._bytes_in = self.bytes.labels("in")
+        self._bytes_out = self.bytes.labels("out")
         r.register(
             FastCollector(
-                self.requests, self.duration, self.upstream_requests, self.plugin_duration, self.ejections
+                self.requests, self.duration, self.upstream_requests, self.upstream_duration,
+                self.plugin_duration, self.decisions, self.plugin_errors, self.bytes, self.ejections,
+                self.reloads,
             )
         )
         if generation is not None:
-            r.register(_LiveCollector(generation))
+            r.register(live.LiveCollector(generation))
+        if generations is not None:
+            r.register(live.InFlightCollector(generations))
 
     def _path_label(self, route: str, path: str) -> str:
         key = (route, path)
@@ -128,17 +147,20 @@ class GatewayMetrics:
     def target_ejected(self, upstream: str, target: str) -> None:
         self.ejections.labels(upstream, target).inc()
 
+    def reloaded(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "error").inc()
+
     def watch_filter_jobs(self, runner: "BatchingRunner") -> None:
         """Export the filter queue's length and what it refused or dropped."""
-        self.registry.register(_FilterJobsCollector(runner))
+        self.registry.register(live.FilterJobsCollector(runner))
 
     def watch_tunnels(self, gateway: "Gateway") -> None:
         """Export the open upgraded (WebSocket) connections and their bytes."""
-        self.registry.register(_TunnelCollector(gateway))
+        self.registry.register(live.TunnelCollector(gateway))
 
     def watch_server(self, server: "HTTPServerFactory") -> None:
         """Export the client side's connection counts."""
-        self.registry.register(_ConnectionCollector(server))
+        self.registry.register(live.ConnectionCollector(server))
 
     # Observers --
 
@@ -146,8 +168,11 @@ class GatewayMetrics:
         method = info.method
         if method not in _METHODS:
             method = "other"
-        route = info.route or "-"
-        path = self._path_label(route, info.path)
+        route = info.route
+        if route:
+            path = self._path_label(route, info.path)
+        else:
+            route, path = "-", "unmatched"  # one series for every path no route took
         key = (method, route, path, str(info.status), info.protocol)
         children = self._children.get(key)
         if children is None:
@@ -157,118 +182,22 @@ class GatewayMetrics:
             )
         children[0].value += 1
         children[1].observe(seconds)
+        self._bytes_out.value += info.bytes
+        if info.bytes_in:
+            self._bytes_in.value += info.bytes_in
         if info.target:
             self.upstream_requests.labels(info.upstream, info.target, info.upstream_status or "error").inc()
-        for decision in info.decisions:
-            self.plugin_duration.labels(decision.plugin).observe(decision.seconds)
+            if info.upstream_ended:
+                self.upstream_duration.labels(info.upstream).observe(info.upstream_ended - info.upstream_started)
+        for d in info.decisions:
+            self.plugin_duration.labels(d.plugin).observe(d.seconds)
+            decision, _, kind = d.outcome.partition(":")
+            self.decisions.labels(d.plugin, d.phase, decision, str(d.status) if d.status else kind).inc()
 
     def plugin_failed(self, plugin: str, kind: str) -> None:
-        self.plugin_errors.labels(plugin, kind).inc()
+        """A filter failed (any thread)."""
+        with self._lock:
+            self.plugin_errors.labels(plugin, kind).inc()
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
-
-
-class _TunnelCollector:
-    """WebSocket tunnels: open now, and bytes through them (read at scrape time)."""
-
-    def __init__(self, gateway: "Gateway") -> None:
-        self._gateway = gateway
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        gateway = self._gateway
-        tunnels = list(gateway.tunnels)
-        yield GaugeMetricFamily("wasmgate_tunnels_open", "WebSocket tunnels open", value=len(tunnels))
-        carried = CounterMetricFamily(
-            "wasmgate_tunnel_bytes", "Bytes through WebSocket tunnels", labels=["direction"]
-        )
-        carried.add_metric(["in"], gateway.tunnel_bytes_in + sum(t.bytes_in for t in tunnels))
-        carried.add_metric(["out"], gateway.tunnel_bytes_out + sum(t.bytes_out for t in tunnels))
-        yield carried
-
-
-class _FilterJobsCollector:
-    """The filter job queue (read at scrape time)."""
-
-    def __init__(self, runner: "BatchingRunner") -> None:
-        self._runner = runner
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        runner = self._runner
-        yield GaugeMetricFamily(
-            "wasmgate_filter_queue", "Filter jobs waiting for a thread", value=runner.queued()
-        )
-        yield CounterMetricFamily(
-            "wasmgate_filter_queue_rejected",
-            "Requests answered 503 because filters.max_queue jobs were waiting",
-            value=runner.rejected,
-        )
-        yield CounterMetricFamily(
-            "wasmgate_filter_jobs_dropped",
-            "Queued filter jobs not run because their client had left",
-            value=runner.dropped,
-        )
-
-
-class _ConnectionCollector:
-    """Client connections: open now, and closed at the limit (read at scrape time)."""
-
-    def __init__(self, server: "HTTPServerFactory") -> None:
-        self._server = server
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        server = self._server
-        yield GaugeMetricFamily(
-            "wasmgate_connections_open", "Client connections open", value=len(server.connections)
-        )
-        yield CounterMetricFamily(
-            "wasmgate_connections_refused",
-            "Client connections closed at once: server.max_connections were open, none idle",
-            value=server.refused_connections,
-        )
-        yield CounterMetricFamily(
-            "wasmgate_connections_idle_closed",
-            "Kept-alive idle client connections closed to make room for new ones",
-            value=server.idle_closed,
-        )
-
-
-class _LiveCollector:
-    """Gauges read from the live generation at scrape time."""
-
-    def __init__(self, generation: Callable[[], "Generation"]) -> None:
-        self._generation = generation
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        generation = self._generation()
-        healthy = GaugeMetricFamily(
-            "wasmgate_upstream_healthy", "1 if the target gets traffic", labels=["upstream", "target"]
-        )
-        for name, upstream in generation.upstreams.items():
-            for target in upstream.targets:
-                up = target.healthy and target.available(upstream.now())
-                healthy.add_metric([name, target.url], 1.0 if up else 0.0)
-        yield healthy
-        memory = GaugeMetricFamily(
-            "wasmgate_plugin_memory_bytes", "Linear memory of a filter's instances", labels=["plugin"]
-        )
-        instances = GaugeMetricFamily(
-            "wasmgate_plugin_instances", "Live instances of a filter", labels=["plugin"]
-        )
-        for name, wasm_filter in generation.filters.items():
-            memory.add_metric([name], float(wasm_filter.memory_bytes()))
-            instances.add_metric([name], float(wasm_filter.instance_count()))
-        yield memory
-        yield instances

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from wasmgate._forward import Forward, body_failure
 from wasmgate._headers import dropping, end_to_end, upstream_headers
+from wasmgate._ids import RequestIds, sane_request_id, trace_context
 from wasmgate.filterjobs import QueueFull
 from wasmgate.http import _wire
 from wasmgate.http.message import Header, IncomingRequest, RequestRecord, ResponseChannel
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 log = Logger()
 
 _REQUEST_DROP = dropping(
-    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-request-id", b"traceparent", b"tracestate",
 )
 _REQUEST_DROP_UNENCODED = _REQUEST_DROP | {b"accept-encoding"}
 _RESPONSE_DROP = dropping(b"content-length")
@@ -57,8 +59,12 @@ class Gateway:
         record: Callable[[RequestRecord], None],
         settings: "ServerSettings",
         on_ejection: Callable[[str, str], None] = lambda upstream, target: None,
+        sample_ratio: float = 0.0,
     ) -> None:
         self.generation = generation
+        self.ids = RequestIds()
+        self.sample_ratio = sample_ratio
+        """Share of new traces whose spans are exported (0: tracing is off)."""
         self.clock = clock
         self.record = record
         self.settings = settings
@@ -112,7 +118,7 @@ class Exchange:
         self.done = False
         self.pending: Optional[defer.Deferred[Any]] = None
         self.response_headers: list[Header] = []
-        """Headers filters asked to add to the response."""
+        """Headers added to the response (filters', X-Request-Id)."""
         self._collected: Optional[list[bytes]] = None
         self._collected_size = 0
         self._held: Optional[list[bytes]] = None
@@ -128,6 +134,7 @@ class Exchange:
         record.method = request.method.decode("latin-1")
         record.protocol = request.version.decode("latin-1")
         record.client_ip = request.peer_host
+        record.sni = request.server_name
         try:
             host, raw_path, query = split_target(request.target, request.header(b"host"))
             record.path = raw_path
@@ -158,6 +165,19 @@ class Exchange:
             trusted=self.generation.config.server.trusted_proxies, drop=drop,
         )
         record.client_ip = sent.client_ip
+        record.host = host
+        record.request_id = (
+            (sent.trusted and sane_request_id(sent.request_id)) or self.gateway.ids.next()
+        ).decode("latin-1")
+        trace = record.trace = trace_context(
+            sent.traceparent, sent.tracestate, trusted=sent.trusted, sample=self.gateway.sample_ratio
+        )
+        request_id = record.request_id.encode("latin-1")
+        sent.headers.append((b"x-request-id", request_id))
+        self.response_headers.append((b"x-request-id", request_id))
+        sent.headers.append((b"traceparent", trace.traceparent()))
+        if trace.tracestate is not None:
+            sent.headers.append((b"tracestate", trace.tracestate))
         if request.upgrade is not None:
             sent.headers += [(b"connection", b"upgrade"), (b"upgrade", request.upgrade)]
         if sent.user_agent is not None:
@@ -226,7 +246,7 @@ class Exchange:
         forward.uri = (freq.path + ("?" + freq.query if freq.query else "")).encode("latin-1")
         forward.headers = _encoded(freq.headers)
         forward.body = freq.body
-        self.response_headers = _encoded(outcome.response_headers)
+        self.response_headers = _encoded(outcome.response_headers) + self.response_headers
         forward.start()
 
     def _filters_busy(self, reason: Failure) -> None:
@@ -253,6 +273,7 @@ class Exchange:
         if status == 101:  # a granted upgrade: no response filters, the tunnel follows
             upgrade = next((v for n, v in headers if n == b"upgrade"), self.request.upgrade or b"websocket")
             out = end_to_end(headers, _RESPONSE_DROP) + [(b"connection", b"Upgrade"), (b"upgrade", upgrade)]
+            out += self.response_headers
             self.channel.respond(101, reason, out, length=None)
             return
         if route.chain is not None and route.chain.has_response_filters:
@@ -394,6 +415,9 @@ class Exchange:
         out = list(headers or ())
         if not any(name.lower() == b"content-type" for name, _ in out):
             out.append(_TEXT)
+        if not self.record.request_id:
+            self.record.request_id = self.gateway.ids.next().decode("latin-1")
+        out.append((b"x-request-id", self.record.request_id.encode("latin-1")))
         banner = self.gateway.settings.banner
         if banner:
             out.append((b"server", banner))
@@ -432,12 +456,15 @@ class Exchange:
         self.generation.request_finished()
         if self.run is not None:
             self.run.finish()  # http-wasm filters hold an instance until now
+        record = self.record
+        record.ended = self.gateway.clock.seconds()
         if not log:
             return
-        record = self.record
         channel = self.channel
         record.status = status or channel.status or 499
         record.bytes = channel.sent_bytes
+        if self.request.body is not None:
+            record.bytes_in = self.request.body.received
         if self.route is None:  # answered before the headers were looked at
             agent = self.request.header(b"user-agent")
             if agent is not None:

@@ -84,7 +84,9 @@ class GatewayService(service.MultiService):
         self.fatal_error: Optional[str] = None
         self.when_ready: defer.Deferred[Any] = defer.Deferred()
         """Fires when listening and connected to what filters need (Redis)."""
-        self.metrics = GatewayMetrics(generation=lambda: self.generation)
+        self.metrics = GatewayMetrics(
+            generation=lambda: self.generation, generations=lambda: [self.generation, *self._retired]
+        )
         self.generation = self._build(config)
         self.metrics.config_generation.set(self.generation.number)
         ThreadPoolService(self.filter_pool).setServiceParent(self)
@@ -150,6 +152,8 @@ class GatewayService(service.MultiService):
     def _record(self, record: RequestRecord) -> None:
         """A request is over: metrics, then one access-log line."""
         duration = self.reactor.seconds() - record.started
+        if not record.request_id:  # refused at the wire
+            record.request_id = self.gateway.ids.next().decode("ascii")
         for observe in self.observers:
             observe(record, duration)
         sink = self.access_log
@@ -401,7 +405,7 @@ class GatewayService(service.MultiService):
             settings = self._prepare_settings(config)
         except Exception as e:
             failure = Failure()
-            self.metrics.reloads.labels("error").inc()
+            self.metrics.reloaded(False)
             current = tuple(self.generation.filters.values())
             for unused in filters.values():
                 if unused not in current:
@@ -417,7 +421,7 @@ class GatewayService(service.MultiService):
         if self.running:
             generation.start_health_checks(self.reactor)
         old.stop_health_checks()
-        self.metrics.reloads.labels("ok").inc()
+        self.metrics.reloaded(True)
         self.metrics.config_generation.set(generation.number)
         log.info("config generation {n} is live", n=generation.number)
         self._retired.add(old)

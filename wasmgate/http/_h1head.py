@@ -22,6 +22,7 @@ def check_head(
     *,
     peer: tuple[str, int],
     secure: bool,
+    server_name: str = "",
 ) -> Optional[tuple[int, bytes]]:
     """
     Build C{message}'s request once its head is in, or say why it is
@@ -84,5 +85,6 @@ def check_head(
         body=body,
         started=message.arrived,
         upgrade=message.upgrade,
+        server_name=server_name,
     )
     return None

@@ -42,7 +42,14 @@ from zope.interface import implementer
 
 from wasmgate.http._h2stream import H2Stream
 from wasmgate.http._timers import Deadline
-from wasmgate.http.message import BodyTimedOut, ClientGone, IncomingRequest, RequestBody, RequestRecord
+from wasmgate.http.message import (
+    BodyTimedOut,
+    ClientGone,
+    IncomingRequest,
+    RequestBody,
+    RequestRecord,
+    server_name,
+)
 
 if TYPE_CHECKING:
     from wasmgate.http.factory import HTTPServerFactory
@@ -65,6 +72,7 @@ class H2ServerProtocol(Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self._secure = False
+        self._sni = ""
         self._peer = ("", 0)
         self._idle_since = 0.0
         self._deadline = Deadline(self.clock, self._timers)
@@ -80,6 +88,7 @@ class H2ServerProtocol(Protocol):
         self._secure = ISSLTransport.providedBy(transport)
         peer = transport.getPeer()
         self._peer = (getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0)
+        self._sni = server_name(transport) if self._secure else ""  # (negotiated before it was chosen)
         self._idle_since = self._window_start = self.clock.seconds()
         self.factory.connections.add(self)
         settings = self.settings
@@ -236,6 +245,7 @@ class H2ServerProtocol(Protocol):
             secure=self._secure,
             body=body,
             started=self.clock.seconds(),
+            server_name=self._sni,
         )
         stream.exchange = self.factory.start_exchange(request, stream)
 

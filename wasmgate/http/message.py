@@ -7,7 +7,7 @@ so the core never sees framing.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, ITransport
@@ -43,7 +43,7 @@ class IncomingRequest:
 
     __slots__ = (
         "method", "target", "version", "headers", "peer_host", "peer_port", "secure", "body", "started",
-        "upgrade",
+        "upgrade", "server_name",
     )
 
     def __init__(
@@ -59,6 +59,7 @@ class IncomingRequest:
         body: Optional["RequestBody"],
         started: float,
         upgrade: Optional[bytes] = None,
+        server_name: str = "",
     ) -> None:
         self.method = method
         self.target = target
@@ -73,6 +74,8 @@ class IncomingRequest:
         """When the first byte of the request arrived (reactor seconds)."""
         self.upgrade = upgrade
         """C{websocket} when the client asks to switch to it (HTTP/1.1 only)."""
+        self.server_name = server_name
+        """The TLS server name (SNI) the client asked for, if any."""
 
     def header(self, name: bytes) -> Optional[bytes]:
         """The first value of header C{name} (lower case), or None."""
@@ -80,6 +83,18 @@ class IncomingRequest:
             if n == name:
                 return v
         return None
+
+
+def server_name(transport: object) -> str:
+    """The SNI name a TLS connection's client asked for ("" when none)."""
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return ""
+    try:
+        name = get_handle().get_servername()
+    except Exception:  # not a TLS handle after all
+        return ""
+    return name.decode("ascii", "replace") if name else ""
 
 
 class BodySource(Protocol):
@@ -318,6 +333,7 @@ class RequestRecord:
     __slots__ = (
         "started", "method", "path", "client_ip", "route", "upstream", "target", "status", "bytes",
         "decisions", "error", "upstream_status", "user_agent", "protocol", "bytes_in", "tunnel",
+        "request_id", "host", "sni", "trace", "upstream_started", "upstream_ended", "attempts", "ended",
     )
 
     def __init__(self, started: float) -> None:
@@ -340,3 +356,17 @@ class RequestRecord:
         """A tunnel's bytes from the client."""
         self.tunnel: Optional[str] = None
         """Why a tunnel (WebSocket) ended; None for plain requests."""
+        self.request_id = ""
+        self.host = ""
+        """The host the request was routed by."""
+        self.sni = ""
+        """The TLS server name the client asked for."""
+        self.trace: Any = None
+        """Its L{wasmgate._ids.TraceContext}, when it has one."""
+        self.upstream_started = 0.0
+        """When the request went to the upstream (0: it did not)."""
+        self.upstream_ended = 0.0
+        self.attempts = 0
+        """Connections tried for it (a retry on another target adds one)."""
+        self.ended = 0.0
+        """When the exchange ended (reactor seconds)."""

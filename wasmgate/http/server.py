@@ -33,6 +33,7 @@ from wasmgate.http.message import (
     BodyTimedOut,
     ClientGone,
     RequestRecord,
+    server_name,
 )
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class HTTP11ServerProtocol(Protocol):
         self._completed: Optional[Message] = None
         """The request whose body ended last (an upgrade's, when llhttp stops)."""
         self._tunnel: Optional[Tunnel] = None
+        self._sni: Optional[str] = None
 
     # -- connection ----------------------------------------------------------
 
@@ -225,7 +227,12 @@ class HTTP11ServerProtocol(Protocol):
         message = self._parsing
         assert message is not None
         message.headers_done = True
-        refusal = check_head(message, self._parser, self.settings, peer=(self._peer_host, self._peer_port), secure=self._secure)
+        if self._secure and self._sni is None:
+            self._sni = server_name(self.transport)  # (the handshake is done by now)
+        refusal = check_head(
+            message, self._parser, self.settings, peer=(self._peer_host, self._peer_port),
+            secure=self._secure, server_name=self._sni or "",
+        )
         if refusal is not None:
             self._refuse(message, *refusal)
             raise _Stop()

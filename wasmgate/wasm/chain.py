@@ -193,7 +193,7 @@ class RequestRun:
                 return error_answer(status, f.name), decisions
             seconds = clock() - started
             if isinstance(result, Answer):
-                decisions.append(FilterDecision(f.name, "answer", seconds))
+                decisions.append(FilterDecision(f.name, "answer", seconds, status=result.status))
                 result.plugin = result.plugin or f.name
                 if pins:
                     result = self._unwind(result, decisions)
@@ -215,16 +215,21 @@ class RequestRun:
             try:
                 resp = f.run_response(req, resp, route_config=route_config, pins=pins)
             except FilterFailure as e:
-                status = self._failed(f, e, started, decisions)
+                status = self._failed(f, e, started, decisions, "response")
                 if status is None:
                     continue
                 a = error_answer(status, f.name)
                 return FilterResponse(status=a.status, headers=a.headers, body=a.body), decisions
-            decisions.append(FilterDecision(f.name, "continue", time.perf_counter() - started))
+            decisions.append(FilterDecision(f.name, "continue", time.perf_counter() - started, "response"))
         return resp, decisions
 
     def _failed(
-        self, f: WasmFilter, e: FilterFailure, started: float, decisions: list[FilterDecision]
+        self,
+        f: WasmFilter,
+        e: FilterFailure,
+        started: float,
+        decisions: list[FilterDecision],
+        phase: str = "request",
     ) -> Optional[int]:
         """
         Record a filter's failure; the status to answer with, or None when
@@ -233,9 +238,9 @@ class RequestRun:
         seconds = time.perf_counter() - started
         status = failure_status(e.kind, f.failure_policy)
         if status is None:
-            decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds))
+            decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds, phase))
             return None
-        decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds))
+        decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds, phase))
         if self.pins:
             self.release_sync()
         return status

@@ -77,3 +77,7 @@ class FilterDecision:
     """C{continue}, C{answer}, or C{skipped:<kind>} / C{failed:<kind>} where
     kind is one of trap, timeout, oom, bad_output, load, state."""
     seconds: float = 0.0
+    phase: str = "request"
+    """C{request} or C{response}."""
+    status: int = 0
+    """The status of an C{answer}."""
