@@ -174,6 +174,19 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    otlp_endpoint: str
+    """Where spans go: an OTLP/HTTP traces URL (http://collector:4318/v1/traces)."""
+    sample_ratio: float = 0.01
+    """Share of new traces exported; a trusted client's sampled flag is followed."""
+    max_queue: int = 2048
+    """Finished requests waiting for export; beyond, their spans are dropped (counted)."""
+    service_name: str = "wasmgate"
+    timeout: float = 5.0
+    """How long one export may take, retries included, before its batch is dropped."""
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: str
     """The file this was read from (absolute)."""
@@ -186,6 +199,7 @@ class GatewayConfig:
     upstreams: Mapping[str, UpstreamConfig]
     access_log: str = "log"
     """C{log} (twisted.logger), C{off}, or the path of a file of JSON lines."""
+    tracing: Optional[TracingConfig] = None
 
     def plugin(self, name: str) -> PluginConfig:
         for plugin in self.plugins:
@@ -194,7 +208,7 @@ class GatewayConfig:
         raise KeyError(name)
 
 
-_TOP = ("server", "admin", "access_log", "state", "filters", "plugins", "routes", "upstreams")
+_TOP = ("server", "admin", "access_log", "state", "filters", "plugins", "routes", "upstreams", "tracing")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SHA256 = re.compile(r"^(sha256:)?[0-9a-fA-F]{64}$")
 
@@ -238,6 +252,7 @@ def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
     upstreams = _upstreams(reader, top.get("upstreams"), base)
     routes = _routes(reader, top.get("routes"), plugins, upstreams)
     access_log = reader.get(top, "", "access_log", _access_log(base), "log")
+    tracing = _tracing(reader, top.get("tracing"))
     _cross_checks(reader, server, plugins, state)
     if reader.problems:
         raise ConfigError(source, reader.problems)
@@ -255,6 +270,7 @@ def parse_config(text: bytes | str, *, source: str) -> GatewayConfig:
         routes=tuple(routes),
         upstreams=upstreams,
         access_log=access_log,
+        tracing=tracing,
     )
 
 
@@ -429,6 +445,31 @@ def _tls(reader: s.Reader, raw: Any, base: str) -> TLSConfig:
             "1.2",
         ),
     )
+
+
+def _tracing(reader: s.Reader, raw: Any) -> Optional[TracingConfig]:
+    if raw is None or raw is False:
+        return None
+    data = reader.mapping(raw, "tracing", ("otlp_endpoint", "sample_ratio", "max_queue", "service_name", "timeout"))
+    endpoint = reader.get(data, "tracing", "otlp_endpoint", s.string, "")
+    if not endpoint:
+        reader.problem("tracing.otlp_endpoint", "required: the OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces")
+    elif urlsplit(endpoint).scheme not in ("http", "https"):
+        reader.problem("tracing.otlp_endpoint", f"expected an http:// or https:// URL, got {endpoint!r}")
+    ratio = reader.get(data, "tracing", "sample_ratio", _ratio, 0.01)
+    return TracingConfig(
+        otlp_endpoint=endpoint,
+        sample_ratio=ratio,
+        max_queue=reader.get(data, "tracing", "max_queue", s.integer(1, 1_000_000), 2048),
+        service_name=reader.get(data, "tracing", "service_name", s.string, "wasmgate"),
+        timeout=reader.get(data, "tracing", "timeout", s.duration(0.001), 5.0),
+    )
+
+
+def _ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def _admin(reader: s.Reader, raw: Any) -> AdminConfig:

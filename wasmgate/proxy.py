@@ -225,7 +225,7 @@ class Exchange:
             protocol=request.version.decode("latin-1"),
             source_port=request.peer_port if self.record.client_ip == request.peer_host else 0,
         )
-        self.run = route.chain.begin(self.freq)
+        self.run = route.chain.begin(self.freq, request_id=self.record.request_id)
         self.pending = d = self.run.run_request()
         d.addCallbacks(self._filtered, self._filters_busy)
         d.addErrback(self._internal_error)

@@ -34,6 +34,7 @@ from wasmgate.tls import (
     tls_endpoint,
 )
 from wasmgate.proxy import Gateway
+from wasmgate.tracing import SpanCollector, SpanExport, TracingUnavailable, span_export
 
 log = Logger()
 
@@ -99,12 +100,16 @@ class GatewayService(service.MultiService):
         self.observers: list[Callable[[RequestRecord, float], None]] = [self.metrics.request_done]
         """Called with every request's record and duration (metrics, tests)."""
         self.settings = _server_settings(config)
+        self.spans = _span_export(config)
+        if self.spans is not None:
+            self.metrics.registry.register(SpanCollector(self.spans))
         self.gateway = Gateway(
             generation=lambda: self.generation,
             clock=reactor,
             record=self._record,
             settings=self.settings,
             on_ejection=self.metrics.target_ejected,
+            sample_ratio=config.tracing.sample_ratio if config.tracing else 0.0,
         )
         self.http = HTTPServerFactory(
             clock=reactor,
@@ -156,6 +161,8 @@ class GatewayService(service.MultiService):
             record.request_id = self.gateway.ids.next().decode("ascii")
         for observe in self.observers:
             observe(record, duration)
+        if self.spans is not None and record.trace is not None and record.trace.sampled and self.config.tracing:
+            self.spans.submit(record)
         sink = self.access_log
         if sink is not None:
             sink(access_line(record, duration))
@@ -303,6 +310,8 @@ class GatewayService(service.MultiService):
         super().startService()
         if self.access_file is not None:
             self.access_file.start()
+        if self.spans is not None:
+            self.spans.start()
         self.generation.start_health_checks(self.reactor)
         self._plugin_watch.start(self._plugin_watch_interval(), now=True)
         self.reactor.callWhenRunning(self._ready)
@@ -367,6 +376,8 @@ class GatewayService(service.MultiService):
         yield generation.close()
         if self._wasm is not None:
             yield self._wasm.stop()
+        if self.spans is not None:
+            yield threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.spans.stop)
 
     def reload(self) -> "defer.Deferred[int]":
         """
@@ -468,6 +479,7 @@ class GatewayService(service.MultiService):
         new = _server_settings(config)
         for key, value in vars(new).items():
             setattr(self.settings, key, value)
+        self.gateway.sample_ratio = config.tracing.sample_ratio if config.tracing and self.spans else 0.0
         if config.filters.threads != self.config.filters.threads:
             self.filter_pool.adjustPoolsize(maxthreads=config.filters.threads)
         if self._wasm is not None:
@@ -497,6 +509,11 @@ class _NewSettings:
         self.access_file: Optional[FileSink] = None
 
 
+def _tracing_export(config: GatewayConfig) -> Any:
+    tracing = config.tracing
+    return tracing and (tracing.otlp_endpoint, tracing.max_queue, tracing.service_name, tracing.timeout)
+
+
 _RESTART_ONLY = (
     ("server.listen", lambda c: c.server.listen),
     ("server.tls (on or off)", lambda c: c.server.tls is None),
@@ -504,6 +521,7 @@ _RESTART_ONLY = (
     ("state", lambda c: c.state),
     ("filters.epoch_tick", lambda c: c.filters.epoch_tick),
     ("filters.cache_dir", lambda c: c.filters.cache_dir),
+    ("tracing (turning it on; its endpoint, queue, name, timeout)", _tracing_export),
 )
 """Settings a reload cannot change in a running process."""
 
@@ -520,6 +538,13 @@ def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
     for key, value in _RESTART_ONLY:
         if value(old) != value(new):
             log.warn("{key} changed: takes effect only after a restart", key=key)
+
+
+def _span_export(config: GatewayConfig) -> Optional[SpanExport]:
+    try:
+        return span_export(config.tracing)
+    except TracingUnavailable as e:
+        raise ConfigError(config.source, [f"tracing: {e}"]) from None
 
 
 def _server_settings(config: GatewayConfig) -> ServerSettings:

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from wasmgate.wasm.abi_json import route_suffix
 from wasmgate.wasm.filter import FilterFailure, Pins, WasmFilter
+from wasmgate.wasm.hostfuncs import filter_request_id
 from wasmgate.wasm.messages import (
     Answer,
     ChainOutcome,
@@ -105,9 +106,9 @@ class FilterChain:
         )
         self.response_steps = tuple((f, self._route_config.get(f.name)) for f in self.response_filters)
 
-    def begin(self, req: FilterRequest) -> "RequestRun":
-        """A request starts through this chain."""
-        return RequestRun(self, req)
+    def begin(self, req: FilterRequest, *, request_id: str = "") -> "RequestRun":
+        """A request starts through this chain; what its filters log names C{request_id}."""
+        return RequestRun(self, req, request_id)
 
 
 class RequestRun:
@@ -120,11 +121,12 @@ class RequestRun:
     the calling (filter) thread.
     """
 
-    __slots__ = ("chain", "req", "pins", "ended")
+    __slots__ = ("chain", "req", "pins", "ended", "request_id")
 
-    def __init__(self, chain: FilterChain, req: FilterRequest) -> None:
+    def __init__(self, chain: FilterChain, req: FilterRequest, request_id: str = "") -> None:
         self.chain = chain
         self.req = req
+        self.request_id = request_id
         self.pins: Optional[Pins] = Pins() if chain.pinning else None
         self.ended = False
 
@@ -159,12 +161,20 @@ class RequestRun:
         """L{finish}'s work, blocking, on the calling (filter) thread."""
         pins = self.pins
         assert pins is not None
-        for f in reversed(self.chain.pinning):
-            f.abandon(self.req, pins)
+        token = filter_request_id.set(self.request_id)
+        try:
+            for f in reversed(self.chain.pinning):
+                f.abandon(self.req, pins)
+        finally:
+            filter_request_id.reset(token)
 
     def request_sync(self) -> tuple[ChainOutcome, list[FilterDecision]]:
         """The request phase, blocking, on the calling thread."""
-        outcome = self._request_phase()
+        token = filter_request_id.set(self.request_id)
+        try:
+            outcome = self._request_phase()
+        finally:
+            filter_request_id.reset(token)
         if self.ended and self.pins:  # the proxy gave up on it meanwhile
             self.release_sync()
         return outcome
@@ -176,7 +186,9 @@ class RequestRun:
         pins = self.pins
         prefixes: dict[bool, bytes] = {}
         clock = time.perf_counter
+        wall = time.time
         for f, route_config, suffix in self.chain.steps:
+            at = wall()
             started = clock()
             payload = None
             if suffix is not None:
@@ -187,18 +199,18 @@ class RequestRun:
             try:
                 result = f.run_request(req, route_config=route_config, pins=pins, payload=payload)
             except FilterFailure as e:
-                status = self._failed(f, e, started, decisions)
+                status = self._failed(f, e, started, decisions, at=at)
                 if status is None:
                     continue
                 return error_answer(status, f.name), decisions
             seconds = clock() - started
             if isinstance(result, Answer):
-                decisions.append(FilterDecision(f.name, "answer", seconds, status=result.status))
+                decisions.append(FilterDecision(f.name, "answer", seconds, status=result.status, at=at))
                 result.plugin = result.plugin or f.name
                 if pins:
                     result = self._unwind(result, decisions)
                 return result, decisions
-            decisions.append(FilterDecision(f.name, "continue", seconds))
+            decisions.append(FilterDecision(f.name, "continue", seconds, at=at))
             if result.changed:
                 prefixes.clear()
             req = self.req = result.request
@@ -207,20 +219,28 @@ class RequestRun:
 
     def response_sync(self, resp: FilterResponse) -> tuple[FilterResponse, list[FilterDecision]]:
         """The response phase, blocking, on the calling thread."""
+        token = filter_request_id.set(self.request_id)
+        try:
+            return self._response_phase(resp)
+        finally:
+            filter_request_id.reset(token)
+
+    def _response_phase(self, resp: FilterResponse) -> tuple[FilterResponse, list[FilterDecision]]:
         decisions: list[FilterDecision] = []
         req = self.req
         pins = self.pins
         for f, route_config in self.chain.response_steps:
+            at = time.time()
             started = time.perf_counter()
             try:
                 resp = f.run_response(req, resp, route_config=route_config, pins=pins)
             except FilterFailure as e:
-                status = self._failed(f, e, started, decisions, "response")
+                status = self._failed(f, e, started, decisions, "response", at=at)
                 if status is None:
                     continue
                 a = error_answer(status, f.name)
                 return FilterResponse(status=a.status, headers=a.headers, body=a.body), decisions
-            decisions.append(FilterDecision(f.name, "continue", time.perf_counter() - started, "response"))
+            decisions.append(FilterDecision(f.name, "continue", time.perf_counter() - started, "response", at=at))
         return resp, decisions
 
     def _failed(
@@ -230,6 +250,7 @@ class RequestRun:
         started: float,
         decisions: list[FilterDecision],
         phase: str = "request",
+        at: float = 0.0,
     ) -> Optional[int]:
         """
         Record a filter's failure; the status to answer with, or None when
@@ -238,9 +259,9 @@ class RequestRun:
         seconds = time.perf_counter() - started
         status = failure_status(e.kind, f.failure_policy)
         if status is None:
-            decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds, phase))
+            decisions.append(FilterDecision(f.name, "skipped:" + e.kind, seconds, phase, at=at))
             return None
-        decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds, phase))
+        decisions.append(FilterDecision(f.name, "failed:" + e.kind, seconds, phase, at=at))
         if self.pins:
             self.release_sync()
         return status

@@ -17,6 +17,7 @@ Host functions run on the filter thread, inside the wasm call.
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 import hashlib
 import threading
 import time
@@ -74,6 +75,10 @@ class TokenBucket:
             return False, 0
 
 
+filter_request_id: ContextVar[str] = ContextVar("wasmgate_filter_request_id", default="")
+"""The request the filter thread is working for: named in what plugins log."""
+
+
 class LogCapture:
     """
     A plugin's logger that can also note what the plugin logs on this
@@ -91,6 +96,11 @@ class LogCapture:
         self.logger = Logger(namespace=target.namespace, source=target.source, observer=self._observe)
 
     def _observe(self, event: dict) -> None:
+        request_id = filter_request_id.get()
+        if request_id:
+            event["request_id"] = request_id
+            if isinstance(event.get("log_format"), str):
+                event["log_format"] += " (request {request_id})"
         lines: Optional[list[str]] = getattr(self._local, "lines", None)
         if lines is not None and len(lines) < self.max_lines:
             text = event.get("message")

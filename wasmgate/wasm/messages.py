@@ -81,3 +81,5 @@ class FilterDecision:
     """C{request} or C{response}."""
     status: int = 0
     """The status of an C{answer}."""
+    at: float = 0.0
+    """When the call started (Unix time), for trace spans."""
