@@ -11,8 +11,9 @@ import threading
 from typing import Optional
 
 from wasmgate.wasm import _raw
-from wasmgate.wasm.filter import InstanceContext, OverMemoryCap
+from wasmgate.wasm.failures import OverMemoryCap
 from wasmgate.wasm.hostfuncs import GuestFault
+from wasmgate.wasm.instance import InstanceContext
 
 MAX_VAR_BYTES = 1024 * 1024
 """Keys and values of one plugin's vars, together (Extism's default)."""

@@ -45,7 +45,7 @@ import json
 from typing import Any, Optional, Union
 
 from wasmgate.wasm.abi_json import apply_request_action, headers_to_json
-from wasmgate.wasm.filter import BadOutput
+from wasmgate.wasm.failures import BadOutput
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest
 
 DEFAULT_BLOCK_STATUS = 403

@@ -58,16 +58,10 @@ from wasmgate.wasm._extism_host import (
     take_block,
 )
 from wasmgate.wasm._extism_seed import apply_action, encode_request
-from wasmgate.wasm.filter import (
-    BadOutput,
-    GuestError,
-    InstanceContext,
-    OverMemoryCap,
-    PluginLoadError,
-    exports_of,
-    func_sig,
-)
+from wasmgate.wasm.abi import exports_of, func_sig
+from wasmgate.wasm.failures import BadOutput, GuestError, OverMemoryCap, PluginLoadError
 from wasmgate.wasm.hostfuncs import MAX_LOG_MESSAGE, HostFunc
+from wasmgate.wasm.instance import InstanceContext
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse
 from wasmgate.wasm.wasi import WasiExit
 

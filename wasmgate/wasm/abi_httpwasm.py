@@ -82,9 +82,10 @@ import wasmtime
 from twisted.logger import LogLevel
 
 from wasmgate.wasm import _raw
-from wasmgate.wasm.filter import exports_of, func_sig
-from wasmgate.wasm.filter import BadOutput, InstanceContext
+from wasmgate.wasm.abi import exports_of, func_sig
+from wasmgate.wasm.failures import BadOutput
 from wasmgate.wasm.hostfuncs import MAX_LOG_MESSAGE, GuestFault, HostFunc
+from wasmgate.wasm.instance import InstanceContext
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse, Headers
 from wasmgate.wasm.wasi import WasiExit
 

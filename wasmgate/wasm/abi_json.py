@@ -42,9 +42,10 @@ from typing import Any, Optional, Union
 import wasmtime
 
 from wasmgate.wasm import _raw
-from wasmgate.wasm.filter import exports_of, func_sig
-from wasmgate.wasm.filter import BadOutput, InitRefused, InstanceContext
+from wasmgate.wasm.abi import exports_of, func_sig
+from wasmgate.wasm.failures import BadOutput, InitRefused
 from wasmgate.wasm.hostfuncs import HostFunc
+from wasmgate.wasm.instance import InstanceContext
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest, FilterResponse, Headers
 
 _II_L = (("i32", "i32"), ("i64",))

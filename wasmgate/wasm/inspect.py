@@ -20,8 +20,10 @@ import wasmtime
 from twisted.logger import Logger
 
 from wasmgate.state import MemoryCounterStore
+from wasmgate.wasm.abi import select_abi
 from wasmgate.wasm.engine import WasmEngine
-from wasmgate.wasm.filter import InitRefused, PluginLoadError, WasmFilter, select_abi
+from wasmgate.wasm.failures import InitRefused, PluginLoadError
+from wasmgate.wasm.filter import WasmFilter
 
 
 @dataclass
