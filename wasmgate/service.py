@@ -5,36 +5,38 @@ pool, epoch ticker; reload swaps generations; stop drains.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from wasmgate import _reloading
+from wasmgate._pluginwatch import PluginWatch
+from wasmgate._reloading import PreparedReload, warn_filter_order
+from wasmgate._serversetup import (
+    InheritedSocket,
+    certificate_store,
+    default_max_connections,
+    listen_endpoints,
+    server_settings,
+)
 from wasmgate.accesslog import AccessSink, FileSink, access_line, log_sink
 from wasmgate.config import ConfigError, GatewayConfig, UpstreamConfig, load_config
 from wasmgate.filterpool import FilterThreadPool
 from wasmgate.generation import Generation, build_generation
+from wasmgate.http.factory import HTTPServerFactory
 from wasmgate.http.message import RequestRecord
-from wasmgate.http.factory import HTTPServerFactory, ServerSettings
 from wasmgate.metrics import GatewayMetrics
-from wasmgate.systemd import Notifier
-from wasmgate.tls import (
-    CertificateError,
-    CertificateSlot,
-    CertificateStore,
-    TLSMetrics,
-    certificate_specs,
-    tls_endpoint,
-)
 from wasmgate.proxy import Gateway
+from wasmgate.state import CounterStore
+from wasmgate.systemd import Notifier
+from wasmgate.tls import CertificateSlot, CertificateStore, TLSMetrics, tls_endpoint
 from wasmgate.tracing import SpanCollector, SpanExport, TracingUnavailable, span_export
+
+__all__ = ["GatewayService", "make_service", "default_max_connections"]
 
 log = Logger()
 
@@ -60,22 +62,48 @@ class GatewayService(service.MultiService):
     """
 
     def __init__(
-        self, config: GatewayConfig, *, reactor: Any, notifier: Optional[Notifier] = None
+        self,
+        config: GatewayConfig,
+        *,
+        reactor: Any,
+        notifier: Optional[Notifier] = None,
+        inherited: Optional[Sequence[InheritedSocket]] = None,
+        counters: Optional[CounterStore] = None,
+        admin: bool = True,
+        watch_plugins: bool = True,
     ) -> None:
+        """
+        @param inherited: listening sockets a supervisor opened, one per
+            C{server.listen} entry, instead of listening itself.
+        @param counters: the counter store for C{state: memory} (a
+            supervisor's shared one), instead of one of this process's own.
+        @param admin: serve C{admin.listen} (a worker leaves it to its supervisor).
+        @param watch_plugins: reload when a plugin changes (a supervisor
+            watches for its workers).
+        """
         super().__init__()
         self.reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier(environ={})
         self.config = config
+        self.counters = counters
         self.filter_pool = FilterThreadPool(
             minthreads=0, maxthreads=config.filters.threads, name="wasmgate-filters"
         )
         self._wasm: Optional[Any] = None
         self._generations = 0
-        self._plugin_watch = task.LoopingCall(self._check_plugins)
-        self._plugin_watch.clock = reactor
-        self._plugin_stamps: dict[str, tuple[float, int]] = {}
+        self.plugin_watch: Optional[PluginWatch] = None
+        if watch_plugins:
+            self.plugin_watch = PluginWatch(
+                config=lambda: self.config,
+                fetch=lambda plugin: self._wasm_runtime(self.config).source.fetch(plugin),
+                digest=self._loaded_digest,
+                changed=self._reload_for,
+                busy=lambda: self._reloading is not None,
+                clock=reactor,
+            )
         self._reloading: Optional[defer.Deferred[Any]] = None
-        self._reload_lock = defer.DeferredLock()
+        self.reload_lock = defer.DeferredLock()
+        """Held from a reload's start to its commit (a worker's two steps too)."""
         self.stopping = False
         """True from the start of L{stopService}: /readyz fails while draining."""
         self._retired: set[Generation] = set()
@@ -99,7 +127,7 @@ class GatewayService(service.MultiService):
         )
         self.observers: list[Callable[[RequestRecord, float], None]] = [self.metrics.request_done]
         """Called with every request's record and duration (metrics, tests)."""
-        self.settings = _server_settings(config)
+        self.settings = server_settings(config)
         self.spans = _span_export(config)
         if self.spans is not None:
             self.metrics.registry.register(SpanCollector(self.spans))
@@ -124,35 +152,26 @@ class GatewayService(service.MultiService):
         self.certificates: Optional[CertificateStore] = None
         self._certificate_slot: Optional[CertificateSlot] = None
         if config.server.tls is not None:
-            self.certificates = _certificate_store(config, self._tls_metrics())
+            self.certificates = certificate_store(config, self._tls_metrics())
             self._certificate_slot = CertificateSlot(self.certificates)
         self.listeners = []
-        for i, description in enumerate(config.server.listen):
-            try:
-                endpoint = endpoints.serverFromString(reactor, _with_backlog(description))
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                why = str(e) or type(e).__name__
-                if description.startswith("systemd:") and isinstance(e, (KeyError, IndexError)):
-                    why = "systemd passed no such socket (LISTEN_FDS); is the wasmgate.socket unit active?"
-                raise ConfigError(
-                    config.source, [f"server.listen[{i}]: cannot listen on {description!r}: {why}"]
-                ) from None
+        for endpoint in listen_endpoints(config, reactor, inherited):
             if self._certificate_slot is not None:
                 endpoint = tls_endpoint(endpoint, self._certificate_slot)
             listener = StreamServerEndpointService(endpoint, self.http)
             listener._raiseSynchronously = True  # a busy port stops the start, as with strports
             listener.setServiceParent(self)
             self.listeners.append(listener)
-        if config.admin.listen:
+        if admin and config.admin.listen:
             from wasmgate.admin import AdminResource, admin_site
 
-            admin = strports.service(
+            admin_service = strports.service(
                 config.admin.listen,
                 admin_site(AdminResource(gateway=self), reactor=reactor),
                 reactor=reactor,
             )
-            admin.setServiceParent(self)
-            self.admin = admin
+            admin_service.setServiceParent(self)
+            self.admin = admin_service
 
     def _record(self, record: RequestRecord) -> None:
         """A request is over: metrics, then one access-log line."""
@@ -198,7 +217,11 @@ class GatewayService(service.MultiService):
             from wasmgate.wasm.runtime import WasmRuntime
 
             self._wasm = WasmRuntime(
-                config, reactor=self.reactor, pool=self.filter_pool, observer=self.metrics
+                config,
+                reactor=self.reactor,
+                pool=self.filter_pool,
+                observer=self.metrics,
+                state=self.counters if config.state.backend == "memory" else None,
             )
             self._wasm.runner.max_queue = config.filters.max_queue
             self.metrics.watch_filter_jobs(self._wasm.runner)
@@ -226,57 +249,9 @@ class GatewayService(service.MultiService):
         except ValueError as e:  # an unreadable or empty CA bundle
             raise ConfigError(self.config.source, [f"upstreams.{upstream.name}.ca_file: {e}"]) from None
 
-    def _plugin_watch_interval(self) -> float:
-        intervals = [p.reload_interval for p in self.config.plugins if p.reload_interval]
-        return min(intervals, default=1.0)
-
-    def _check_plugins(self) -> None:
-        """
-        Reload when a watched plugin changed: a file by mtime or size, a
-        URL by fetching it every C{reload_interval} and comparing sha256
-        (the runtime reuses filters whose bytes are the same). A failed
-        fetch keeps the current module.
-        """
-        if self._reloading is not None:
-            return
-        now = self.reactor.seconds()
-        changed = False
-        for plugin in self.config.plugins:
-            if not plugin.reload_interval:
-                continue
-            if "://" in plugin.path:
-                last = self._plugin_stamps.setdefault(plugin.name, (now, 0))[0]
-                if now - last >= plugin.reload_interval:
-                    self._plugin_stamps[plugin.name] = (now, 0)
-                    self._check_remote(plugin)
-                continue
-            try:
-                st = os.stat(plugin.path)
-            except OSError:
-                continue
-            stamp = (st.st_mtime, st.st_size)
-            if self._plugin_stamps.setdefault(plugin.name, stamp) != stamp:
-                self._plugin_stamps[plugin.name] = stamp
-                changed = True
-        if changed:
-            self._reload_for("a plugin file changed")
-
-    def _check_remote(self, plugin: Any) -> None:
-        assert self._wasm is not None
-        loaded = self.generation.filters.get(plugin.name)
-        current = self._wasm.digest_of(loaded) if loaded is not None else None
-
-        def compare(data: bytes) -> None:
-            if hashlib.sha256(data).hexdigest() != current and self._reloading is None:
-                self._reload_for(f"plugin {plugin.name} changed at {plugin.path}")
-
-        def failed(reason: Any) -> None:
-            log.warn(
-                "plugin {name}: fetching {url} failed, keeping the current module: {error}",
-                name=plugin.name, url=plugin.path, error=reason.getErrorMessage(),
-            )
-
-        self._wasm.source.fetch(plugin).addCallbacks(compare, failed)
+    def _loaded_digest(self, name: str) -> Optional[str]:
+        loaded = self.generation.filters.get(name)
+        return self._wasm.digest_of(loaded) if loaded is not None and self._wasm is not None else None
 
     def _reload_for(self, why: str) -> None:
         log.info("{why}: reloading", why=why)
@@ -302,7 +277,7 @@ class GatewayService(service.MultiService):
     # -- life cycle --
 
     def startService(self) -> None:
-        _warn_filter_order(self.config)
+        warn_filter_order(self.config)
         if self._wasm is not None:
             self._wasm.start()
         if self.certificates is not None:
@@ -313,7 +288,8 @@ class GatewayService(service.MultiService):
         if self.spans is not None:
             self.spans.start()
         self.generation.start_health_checks(self.reactor)
-        self._plugin_watch.start(self._plugin_watch_interval(), now=True)
+        if self.plugin_watch is not None:
+            self.plugin_watch.start()
         self.reactor.callWhenRunning(self._ready)
 
     def _ready(self) -> None:
@@ -340,8 +316,8 @@ class GatewayService(service.MultiService):
     def stopService(self) -> Any:
         self.stopping = True
         self.notifier.stopping()
-        if self._plugin_watch.running:
-            self._plugin_watch.stop()
+        if self.plugin_watch is not None:
+            self.plugin_watch.stop()
         # Stop accepting first, then let running requests finish: on this
         # generation and on any a recent reload retired.
         for listener in self.listeners:
@@ -387,157 +363,31 @@ class GatewayService(service.MultiService):
         Reloads run one at a time: one asked for while another runs starts
         when it is done (and reads the file as it is then).
         """
-        return self._reload_lock.run(self._reload_now)
+        return self.reload_lock.run(self._reload_now)
 
     @defer.inlineCallbacks
     def _reload_now(self) -> Any:
-        path = self.config.source
         self.notifier.reloading()
-        if self.access_file is not None:
-            self.access_file.reopen()  # SIGHUP after logrotate
+        self.reopen_logs()
         try:
-            number = yield self._reload(path)
+            prepared = yield self.prepare_reload()
+            number = prepared.commit()
         finally:
             self.notifier.ready(f"generation {self.generation.number}")
         return number
 
-    @defer.inlineCallbacks
-    def _reload(self, path: str) -> Any:
-        if self.certificates is not None:
-            self.certificates.reload()  # problems are logged, old pairs kept
-        settings = None
-        filters: dict[str, Any] = {}
-        try:
-            config = yield threads.deferToThread(load_config, path)
-            _warn_restart_only(self.config, config)
-            _warn_filter_order(config)
-            filters = yield threads.deferToThread(self._load_filters, config)
-            generation = self._assemble(config, filters)
-            settings = self._prepare_settings(config)
-        except Exception as e:
-            failure = Failure()
-            self.metrics.reloaded(False)
-            current = tuple(self.generation.filters.values())
-            for unused in filters.values():
-                if unused not in current:
-                    unused.close()
-            if isinstance(e, ConfigError):
-                log.error("reload failed, keeping the current config:\n{errors}", errors=str(e))
-            else:
-                log.failure("reload failed, keeping the current config", failure)
-            raise
-        self._apply_settings(config, settings)
-        old, self.generation, self.config = self.generation, generation, config
-        generation.inherit_health(old)
-        if self.running:
-            generation.start_health_checks(self.reactor)
-        old.stop_health_checks()
-        self.metrics.reloaded(True)
-        self.metrics.config_generation.set(generation.number)
-        log.info("config generation {n} is live", n=generation.number)
-        self._retired.add(old)
-        retired = old.drained()
-        retired.addCallback(lambda _: self._retired.discard(old))
-        retired.addCallback(lambda _: old.close(keep_filters=tuple(generation.filters.values())))
-        retired.addCallback(lambda _: [hook() for hook in self.after_reload])
-        retired.addErrback(lambda f: log.failure("closing config generation {n}", f, n=old.number))
-        return generation.number
-
-    # -- process-wide settings a reload changes --
-
-    def _prepare_settings(self, config: GatewayConfig) -> "_NewSettings":
+    def prepare_reload(self, config: Optional[GatewayConfig] = None) -> "defer.Deferred[PreparedReload]":
         """
-        Build what a reload must open anew (a certificate store, an access
-        log file) before anything is swapped, so that a problem keeps the
-        current config whole.
-
-        @raise ConfigError: naming the key that cannot be applied.
+        The first step of a reload, for a supervisor that commits only once
+        every worker is prepared (hold L{reload_lock} across both): build
+        the generation for C{config} (default: the file read again).
         """
-        settings = _NewSettings()
-        tls, old_tls = config.server.tls, self.config.server.tls
-        if tls is not None and old_tls is not None and (
-            tls != old_tls or config.server.http2 != self.config.server.http2
-        ):
-            settings.certificates = _certificate_store(config, self._tls_metrics())
-        if config.access_log != self.config.access_log and config.access_log not in ("log", "off"):
-            try:
-                settings.access_file = FileSink(config.access_log, reactor=self.reactor)
-            except OSError as e:
-                if settings.certificates is not None:
-                    settings.certificates.close()
-                raise ConfigError(
-                    config.source, [f"access_log: cannot open {config.access_log}: {e.strerror}"]
-                ) from None
-        return settings
+        return _reloading.prepare(self, config)  # type: ignore[no-any-return]
 
-    def _apply_settings(self, config: GatewayConfig, settings: "_NewSettings") -> None:
-        """
-        Apply a reloaded config's process-wide settings: limits and timeouts
-        for new requests, the filter thread count, certificates for new
-        handshakes, where access-log lines go.
-        """
-        new = _server_settings(config)
-        for key, value in vars(new).items():
-            setattr(self.settings, key, value)
-        self.gateway.sample_ratio = config.tracing.sample_ratio if config.tracing and self.spans else 0.0
-        if config.filters.threads != self.config.filters.threads:
-            self.filter_pool.adjustPoolsize(maxthreads=config.filters.threads)
-        if self._wasm is not None:
-            self._wasm.runner.workers = config.filters.threads
-            self._wasm.runner.max_queue = config.filters.max_queue
-        if settings.certificates is not None:
-            assert self._certificate_slot is not None and self.certificates is not None
-            old_store, self.certificates = self.certificates, settings.certificates
-            self._certificate_slot.store = settings.certificates
-            old_store.close()
-            if self.running:
-                self.certificates.start_watching(self.reactor, config.server.tls.watch_interval)  # type: ignore[union-attr]
-        if config.access_log != self.config.access_log:
-            old_file, self.access_file = self.access_file, settings.access_file
-            self.access_log = {"log": log_sink, "off": None}.get(config.access_log, self.access_file)
-            if self.access_file is not None and self.running:
-                self.access_file.start()
-            if old_file is not None:
-                old_file.close()
-
-
-class _NewSettings:
-    """What L{GatewayService._prepare_settings} opened for a reload."""
-
-    def __init__(self) -> None:
-        self.certificates: Optional[CertificateStore] = None
-        self.access_file: Optional[FileSink] = None
-
-
-def _tracing_export(config: GatewayConfig) -> Any:
-    tracing = config.tracing
-    return tracing and (tracing.otlp_endpoint, tracing.max_queue, tracing.service_name, tracing.timeout)
-
-
-_RESTART_ONLY = (
-    ("server.listen", lambda c: c.server.listen),
-    ("server.tls (on or off)", lambda c: c.server.tls is None),
-    ("admin.listen", lambda c: c.admin.listen),
-    ("state", lambda c: c.state),
-    ("filters.epoch_tick", lambda c: c.filters.epoch_tick),
-    ("filters.cache_dir", lambda c: c.filters.cache_dir),
-    ("tracing (turning it on; its endpoint, queue, name, timeout)", _tracing_export),
-)
-"""Settings a reload cannot change in a running process."""
-
-
-def _warn_filter_order(config: GatewayConfig) -> None:
-    """Log what C{wasmgate check} warns of: filters that undo each other's work."""
-    from wasmgate.checks import filter_order_warnings
-
-    for warning in filter_order_warnings(config):
-        log.warn("{source}: {warning}", source=config.source, warning=warning)
-
-
-def _warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
-    for key, value in _RESTART_ONLY:
-        if value(old) != value(new):
-            log.warn("{key} changed: takes effect only after a restart", key=key)
+    def reopen_logs(self) -> None:
+        """Open the access log file again (SIGHUP after logrotate)."""
+        if self.access_file is not None:
+            self.access_file.reopen()
 
 
 def _span_export(config: GatewayConfig) -> Optional[SpanExport]:
@@ -545,77 +395,6 @@ def _span_export(config: GatewayConfig) -> Optional[SpanExport]:
         return span_export(config.tracing)
     except TracingUnavailable as e:
         raise ConfigError(config.source, [f"tracing: {e}"]) from None
-
-
-def _server_settings(config: GatewayConfig) -> ServerSettings:
-    server = config.server
-    return ServerSettings(
-        max_body_bytes=server.max_body_bytes,
-        read_timeout=server.timeouts.read,
-        idle_timeout=server.timeouts.idle,
-        write_timeout=server.timeouts.write,
-        max_connections=server.max_connections or default_max_connections(),
-        banner=server.banner.encode("ascii") if server.banner else None,
-        http2=server.http2,
-        h2c=server.h2c,
-        max_concurrent_streams=server.max_concurrent_streams,
-    )
-
-
-def raise_fd_limit() -> int:
-    """
-    Raise this process's open-file limit to its hard limit where it may (a
-    gateway holds two descriptors per request in flight); the limit now.
-    """
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on POSIX
-        return 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def default_max_connections() -> int:
-    """
-    C{server.max_connections} when not set: half the file descriptors left
-    after a reserve (each client connection may need an upstream one too),
-    so the gateway turns clients away before it runs out of descriptors.
-    """
-    return max(64, (raise_fd_limit() - 256) // 2)
-
-
-def _with_backlog(description: str) -> str:
-    """
-    A TCP listener gets nginx's accept backlog (511) unless the endpoint
-    string sets one: Twisted's default of 50 drops SYNs when hundreds of
-    clients connect at once, and they retry only after a second.
-    """
-    kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return description + ":backlog=511"
-    return description
-
-
-def _certificate_store(config: GatewayConfig, metrics: TLSMetrics) -> CertificateStore:
-    tls = config.server.tls
-    assert tls is not None
-    try:
-        return CertificateStore(
-            certificate_specs(tls),
-            min_version=tls.min_version,
-            metrics=metrics,
-            alpn_protocols=(b"h2", b"http/1.1") if config.server.http2 else (b"http/1.1",),
-        )
-    except CertificateError as e:
-        raise ConfigError(config.source, [f"server.tls: {p}" for p in e.problems]) from None
 
 
 def make_service(
