@@ -87,6 +87,14 @@ class ServerConfig:
     """Take HTTP/2 with prior knowledge without TLS (behind a TLS load balancer)."""
     max_concurrent_streams: int = 100
     """HTTP/2 streams a client may have open at once."""
+    workers: int = 1
+    """Worker processes (0: C{auto}, one per CPU); more than one adds a supervisor."""
+
+    def worker_count(self) -> int:
+        """How many worker processes to run (C{auto} resolved on this machine)."""
+        if self.workers:
+            return self.workers
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -341,6 +349,7 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
             "http2",
             "h2c",
             "max_concurrent_streams",
+            "workers",
         ),
     )
     listen = reader.get(data, "server", "listen", _listen, ("tcp:8080",))
@@ -386,7 +395,16 @@ def _server(reader: s.Reader, raw: Any, base: str) -> ServerConfig:
         max_concurrent_streams=reader.get(
             data, "server", "max_concurrent_streams", s.integer(1, 10_000), 100
         ),
+        workers=reader.get(data, "server", "workers", _workers, 1),
     )
+
+
+def _workers(value: Any) -> int:
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise ValueError(f"expected auto or a number of processes from 1 to 256, got {value!r}")
+    return value
 
 
 def _banner(value: Any) -> Optional[str]:
