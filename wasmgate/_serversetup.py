@@ -45,6 +45,27 @@ def listen_endpoints(
     return result
 
 
+def accept_one_at_a_time(port: object) -> bool:
+    """
+    Make a listening port shared with other workers accept one connection
+    per readiness event, as nginx does by default (C{multi_accept off}): a
+    burst of new connections is then spread over the workers woken for it,
+    instead of the first one to wake taking them all (Twisted's ports
+    accept up to a hundred at a time). False if C{port} is not one whose
+    accept batch can be set, which costs only balance.
+    """
+    if not isinstance(getattr(port, "numberAccepts", None), int) or not hasattr(port, "doRead"):
+        return False
+    batched = port.doRead  # type: ignore[attr-defined]
+
+    def do_read() -> object:
+        port.numberAccepts = 1  # type: ignore[attr-defined]
+        return batched()
+
+    port.doRead = do_read  # type: ignore[attr-defined]
+    return True
+
+
 def address_family(host: object) -> int:
     """The C{socket.AF_*} of a listening port's C{getHost()}."""
     from twisted.internet.address import IPv6Address, UNIXAddress

@@ -10,7 +10,7 @@ C{access_log ... buffer=}, and reopened on SIGHUP for log rotation.
 """
 from __future__ import annotations
 
-import io
+import os
 import json
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -79,9 +79,14 @@ def log_sink(line: str) -> None:
 
 class FileSink:
     """
-    JSON lines appended to a file through a buffer, flushed every
-    C{flush_interval} seconds and when the buffer fills; L{reopen} after
-    the file was rotated.
+    JSON lines appended to a file, gathered in memory and written every
+    C{flush_interval} seconds and when C{buffer_bytes} are waiting;
+    L{reopen} after the file was rotated.
+
+    Each write is one C{write(2)} of whole lines to a file opened with
+    C{O_APPEND}: several worker processes appending to one access log never
+    interleave or tear each other's lines (a buffered file object would
+    split a line across two writes when its buffer fills).
     """
 
     def __init__(
@@ -89,7 +94,9 @@ class FileSink:
     ) -> None:
         self.path = path
         self._buffer_bytes = buffer_bytes
-        self._file: Optional[io.BufferedWriter] = None
+        self._file: Optional[int] = None
+        self._pending: list[bytes] = []
+        self._size = 0
         self.reopen()
         self._flusher = task.LoopingCall(self.flush)
         self._flusher.clock = reactor
@@ -97,25 +104,38 @@ class FileSink:
 
     def __call__(self, line: str) -> None:
         assert self._file is not None
-        self._file.write(line.encode("utf-8") + b"\n")
+        data = line.encode("utf-8") + b"\n"
+        self._pending.append(data)
+        self._size += len(data)
+        if self._size >= self._buffer_bytes:
+            self.flush()
 
     def start(self) -> None:
         if not self._flusher.running:
             self._flusher.start(self._flush_interval, now=False)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        if self._file is None or not self._pending:
+            return
+        data = memoryview(b"".join(self._pending))
+        self._pending.clear()
+        self._size = 0
+        while data:
+            written = os.write(self._file, data)
+            data = data[written:]
 
     def reopen(self) -> None:
-        """Close and open the file again (after logrotate moved it)."""
-        old, self._file = self._file, open(self.path, "ab", buffering=self._buffer_bytes)
+        """Write what waits, then open the file again (after logrotate moved it)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.flush()
+        old, self._file = self._file, fd
         if old is not None:
-            old.close()
+            os.close(old)
 
     def close(self) -> None:
         if self._flusher.running:
             self._flusher.stop()
+        self.flush()
         if self._file is not None:
-            self._file.close()
+            os.close(self._file)
             self._file = None

@@ -5,13 +5,21 @@ readiness, Prometheus metrics and a reload trigger.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Union
 
+from twisted.internet import defer
 from twisted.web import server
 from twisted.web.resource import Resource
 
-if TYPE_CHECKING:
-    from wasmgate.service import GatewayService
+
+class AdminTarget(Protocol):
+    """What the admin port serves: one gateway process, or a supervisor of workers."""
+
+    def readiness_problems(self) -> Union[list[str], "defer.Deferred[list[str]]"]:
+        """Why it should not get traffic now (empty: ready)."""
+
+    def reload(self) -> "defer.Deferred[int]":
+        """Reload the config; fires with the new generation's number."""
 
 
 def _plain(request: server.Request, code: int, body: bytes) -> bytes:
@@ -33,21 +41,30 @@ class _Ready(Resource):
 
     isLeaf = True
 
-    def __init__(self, gateway: "GatewayService") -> None:
+    def __init__(self, gateway: AdminTarget) -> None:
         super().__init__()
         self.gateway = gateway
 
-    def render_GET(self, request: server.Request) -> bytes:
-        problems = self.gateway.readiness_problems()
-        if problems:
-            return _plain(request, 503, ("\n".join(problems) + "\n").encode())
-        return _plain(request, 200, b"ready\n")
+    def render_GET(self, request: server.Request) -> Any:
+        def answer(problems: list[str]) -> None:
+            if problems:
+                request.write(_plain(request, 503, ("\n".join(problems) + "\n").encode()))
+            else:
+                request.write(_plain(request, 200, b"ready\n"))
+            request.finish()
+
+        def failed(reason: Any) -> None:
+            request.write(_plain(request, 503, f"readiness unknown: {reason.getErrorMessage()}\n".encode()))
+            request.finish()
+
+        defer.maybeDeferred(self.gateway.readiness_problems).addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
 
 
 class _Reload(Resource):
     isLeaf = True
 
-    def __init__(self, gateway: "GatewayService") -> None:
+    def __init__(self, gateway: AdminTarget) -> None:
         super().__init__()
         self.gateway = gateway
 
@@ -78,14 +95,42 @@ def admin_site(resource: Resource, *, reactor: Any) -> server.Site:
     return _QuietSite(resource, reactor=reactor)
 
 
+class _MergedMetrics(Resource):
+    """A supervisor's C{/metrics}: its workers' pages added up (text format)."""
+
+    isLeaf = True
+
+    def __init__(self, page: Any) -> None:
+        super().__init__()
+        self.page = page
+
+    def render_GET(self, request: server.Request) -> Any:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        def answer(body: bytes) -> None:
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            request.write(body)
+            request.finish()
+
+        def failed(reason: Any) -> None:
+            request.write(_plain(request, 500, f"metrics unavailable: {reason.getErrorMessage()}\n".encode()))
+            request.finish()
+
+        defer.maybeDeferred(self.page).addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+
 class AdminResource(Resource):
-    def __init__(self, *, gateway: "GatewayService") -> None:
+    def __init__(self, *, gateway: AdminTarget) -> None:
         super().__init__()
         self.putChild(b"healthz", _Health())
         self.putChild(b"readyz", _Ready(gateway))
         self.putChild(b"reload", _Reload(gateway))
-        metrics = getattr(gateway, "metrics", None)
-        if metrics is not None:
+        page = getattr(gateway, "metrics_page", None)
+        registry = getattr(getattr(gateway, "metrics", None), "registry", None)
+        if page is not None:
+            self.putChild(b"metrics", _MergedMetrics(page))
+        elif registry is not None:
             from prometheus_client.twisted import MetricsResource
 
-            self.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+            self.putChild(b"metrics", MetricsResource(registry=registry))

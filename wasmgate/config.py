@@ -35,6 +35,14 @@ class ConfigError(Exception):
         self.problems = [f"{path}: {p}" for p in problems]
         super().__init__("\n".join(self.problems))
 
+    @classmethod
+    def of_lines(cls, path: str, lines: list[str]) -> "ConfigError":
+        """One whose problems are C{lines} as they are (already prefixed, e.g. from a worker)."""
+        error = cls(path, [])
+        error.problems = list(lines)
+        error.args = ("\n".join(lines),)
+        return error
+
 
 @dataclass(frozen=True)
 class Timeouts:

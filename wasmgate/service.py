@@ -18,6 +18,7 @@ from wasmgate._pluginwatch import PluginWatch
 from wasmgate._reloading import PreparedReload, warn_filter_order
 from wasmgate._serversetup import (
     InheritedSocket,
+    accept_one_at_a_time,
     certificate_store,
     default_max_connections,
     listen_endpoints,
@@ -162,6 +163,8 @@ class GatewayService(service.MultiService):
             listener._raiseSynchronously = True  # a busy port stops the start, as with strports
             listener.setServiceParent(self)
             self.listeners.append(listener)
+        self.shares_sockets = inherited is not None
+        """Other workers accept on the same sockets."""
         if admin and config.admin.listen:
             from wasmgate.admin import AdminResource, admin_site
 
@@ -294,6 +297,9 @@ class GatewayService(service.MultiService):
 
     def _ready(self) -> None:
         waiting = [l._waitingForPort for l in self.listeners if l._waitingForPort is not None]
+        if self.shares_sockets:
+            for d in waiting:
+                d.addCallback(_accepting_one_at_a_time)
         if self._wasm is not None:
             waiting.append(self._wasm.connect())
         d = defer.gatherResults(waiting, consumeErrors=True)
@@ -388,6 +394,12 @@ class GatewayService(service.MultiService):
         """Open the access log file again (SIGHUP after logrotate)."""
         if self.access_file is not None:
             self.access_file.reopen()
+
+
+def _accepting_one_at_a_time(port: Any) -> Any:
+    if not accept_one_at_a_time(port):
+        log.warn("{port}: cannot accept one connection at a time; bursts may favour one worker", port=port)
+    return port
 
 
 def _span_export(config: GatewayConfig) -> Optional[SpanExport]:

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from wasmgate._listen import ListenerRefused, name_refusals
 from wasmgate.config import ConfigError
-from wasmgate.service import GatewayService, make_service
+from wasmgate.service import GatewayService
 from wasmgate.systemd import Notifier
 
 log = Logger()
@@ -29,7 +29,7 @@ class _Signals(service.Service):
     Installed once the reactor runs, after Twisted's.
     """
 
-    def __init__(self, gateway: GatewayService, reactor: Any) -> None:
+    def __init__(self, gateway: Any, reactor: Any) -> None:
         self.gateway = gateway
         self.reactor = reactor
         self._shutting_down = False
@@ -64,7 +64,7 @@ class _Signals(service.Service):
         self.gateway.reload().addErrback(lambda failure: None)  # logged by reload
 
 
-class _GarbageCollection(service.Service):
+class GarbageCollection(service.Service):
     """
     The process-wide garbage collector, tuned for a long-running server
     (only here, in the process twistd runs, never in a library user's):
@@ -76,7 +76,7 @@ class _GarbageCollection(service.Service):
     let go and the survivors are frozen again.
     """
 
-    def __init__(self, gateway: GatewayService) -> None:
+    def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
 
     def startService(self) -> None:
@@ -100,7 +100,7 @@ def make_twistd_service(config_path: str) -> service.IService:
     from twisted.internet import reactor
 
     try:
-        gateway = make_service(config_path, reactor=reactor, notifier=Notifier())
+        gateway = _gateway_or_supervisor(config_path, reactor)
     except ConfigError as e:
         sys.stderr.write(f"wasmgate: refusing to start, the configuration has errors:\n{e}\n")
         sys.stderr.flush()
@@ -109,14 +109,40 @@ def make_twistd_service(config_path: str) -> service.IService:
         name_refusals(listener, key)
     _print_refusals_in_one_line()
     _Signals(gateway, reactor).setServiceParent(gateway)
-    _GarbageCollection(gateway).setServiceParent(gateway)
+    if isinstance(gateway, GatewayService):  # a supervisor runs no filters: nothing to tune
+        GarbageCollection(gateway).setServiceParent(gateway)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_if_failed, gateway)
     return gateway
 
 
-def _listeners_by_key(gateway: GatewayService) -> list[tuple[str, service.IService]]:
+def _gateway_or_supervisor(config_path: str, reactor: Any) -> Any:
+    """
+    One gateway process, or with C{server.workers} above 1 a supervisor of
+    that many (which reads the config once and hands its text to them).
+
+    @raise ConfigError: if the config is unusable.
+    """
+    from wasmgate.config import parse_config
+
+    try:
+        with open(config_path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(config_path, [f"cannot read the config file: {e.strerror}"])
+    config = parse_config(text, source=config_path)
+    if config.server.worker_count() <= 1:
+        return GatewayService(config, reactor=reactor, notifier=Notifier())
+    from wasmgate._serversetup import raise_fd_limit
+    from wasmgate.supervisor import SupervisorService
+
+    raise_fd_limit()
+    return SupervisorService(config, text, reactor=reactor, notifier=Notifier())
+
+
+def _listeners_by_key(gateway: Any) -> list[tuple[str, service.IService]]:
     """The gateway's listening services with their config keys (it keeps them in config order)."""
-    keyed = [(f"server.listen[{i}]", listener) for i, listener in enumerate(gateway.listeners)]
+    listeners = gateway.listeners if isinstance(gateway, GatewayService) else []
+    keyed = [(f"server.listen[{i}]", listener) for i, listener in enumerate(listeners)]
     admin = getattr(gateway, "admin", None)
     if admin is not None:
         keyed.append(("admin.listen", admin))
@@ -144,7 +170,7 @@ def _print_refusals_in_one_line() -> None:
     sys.excepthook = excepthook
 
 
-def _exit_if_failed(gateway: GatewayService) -> None:
+def _exit_if_failed(gateway: Any) -> None:
     """twistd exits 0 whatever stopped the reactor: not after a failed start."""
     if gateway.fatal_error is not None:
         sys.stderr.write(f"wasmgate: cannot start: {gateway.fatal_error}\n")
