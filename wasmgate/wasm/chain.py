@@ -182,7 +182,9 @@ class RequestRun:
     def _request_phase(self) -> tuple[ChainOutcome, list[FilterDecision]]:
         decisions: list[FilterDecision] = []
         response_headers: Headers = []
+        committed: Optional[FilterResponse] = None
         req = self.req
+        body = req.body
         pins = self.pins
         prefixes: dict[bool, bytes] = {}
         clock = time.perf_counter
@@ -211,11 +213,16 @@ class RequestRun:
                     result = self._unwind(result, decisions)
                 return result, decisions
             decisions.append(FilterDecision(f.name, "continue", seconds, at=at))
+            req = self.req = result.request
             if result.changed:
                 prefixes.clear()
-            req = self.req = result.request
+                if req.body is not body:
+                    body = req.body
+                    _relength(req)
             response_headers.extend(result.response_headers)
-        return Continue(req, response_headers=response_headers), decisions
+            if result.response is not None:
+                committed = result.response if committed is None else _also_committed(committed, result.response)
+        return Continue(req, response_headers=response_headers, response=committed), decisions
 
     def response_sync(self, resp: FilterResponse) -> tuple[FilterResponse, list[FilterDecision]]:
         """The response phase, blocking, on the calling thread."""
@@ -290,3 +297,24 @@ class RequestRun:
         return Answer(
             status=resp.status, headers=resp.headers, body=resp.body or b"", plugin=answer.plugin
         )
+
+
+def _relength(req: FilterRequest) -> None:
+    """
+    A filter replaced the body: a Content-Length the request carries says
+    the new body's length, for the later filters (the proxy frames the
+    upstream request itself, whatever the headers say).
+    """
+    if req.body is None or not any(n == "content-length" for n, _ in req.headers):
+        return
+    req.headers = [h for h in req.headers if h[0] != "content-length"]
+    req.headers.append(("content-length", str(len(req.body))))
+
+
+def _also_committed(first: FilterResponse, later: FilterResponse) -> FilterResponse:
+    """
+    A later filter committed a response too: as on the reference host, the
+    first status stands (the response has gone out) and the later body
+    follows the first.
+    """
+    return FilterResponse(first.status, [], (first.body or b"") + (later.body or b""))

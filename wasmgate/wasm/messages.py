@@ -63,6 +63,11 @@ class Continue:
     changed: bool = True
     """Whether the filter may have changed C{request} (False: a chain may
     reuse its encoding of it for the next filter)."""
+    response: Optional[FilterResponse] = None
+    """A response the filter committed in its request phase (an http-wasm
+    guest that set the status or wrote a body before C{next=1}): the
+    client gets its status and body, then the upstream's body; the
+    upstream's status and headers are dropped. Headers: C{[]}."""
 
 
 ChainOutcome = Union[Answer, Continue]
@@ -75,7 +80,7 @@ class FilterDecision:
     plugin: str
     outcome: str
     """C{continue}, C{answer}, or C{skipped:<kind>} / C{failed:<kind>} where
-    kind is one of trap, timeout, oom, bad_output, load, state."""
+    kind is one of trap, timeout, oom, bad_output, load, state, busy, error."""
     seconds: float = 0.0
     phase: str = "request"
     """C{request} or C{response}."""
