@@ -59,6 +59,24 @@ def end_to_end(headers: Sequence[Header], drop: frozenset[bytes]) -> list[Header
     ]
 
 
+FRAMING = frozenset({"content-length", "transfer-encoding"})
+"""How a message's body is delimited: the gateway's to say, never a filter's."""
+
+
+def from_filters(headers: Iterable[tuple[str, str]]) -> list[Header]:
+    """
+    Headers filters gave (for the upstream request, an answer or the
+    response) as bytes, without C{Content-Length} or C{Transfer-Encoding}
+    in any case: the gateway frames every body it sends itself, so a
+    filter cannot make a length disagree with the body (request smuggling).
+    """
+    return [
+        (n.encode("latin-1"), v.encode("latin-1"))
+        for n, v in headers
+        if n not in FRAMING and (n.islower() or n.lower() not in FRAMING)
+    ]
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -7,9 +7,10 @@ A wire protocol hands L{Gateway.start_exchange} an L{IncomingRequest} and
 a L{ResponseChannel}; the L{Exchange} routes it, runs the route's request
 filters (one thread hop for the chain), forwards it (L{wasmgate._forward}:
 targets, pooled connections, the body streamed when no filter reads it),
-runs the response filters, and relays the answer with backpressure both
-ways. Its own answers: 400 (target), 404 (route), 413/408 (body), 502
-(upstream failed), 503 (no target, filters busy), 504 (too slow).
+and relays the answer with backpressure both ways (L{wasmgate._relay}:
+the response filters, a response a filter committed before the upstream).
+Its own answers: 400 (target), 404 (route), 413/408 (body), 502 (upstream
+failed), 503 (no target, filters busy), 504 (too slow).
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wasmgate._forward import Forward, body_failure
-from wasmgate._headers import dropping, end_to_end, upstream_headers
+from wasmgate._headers import dropping, from_filters, upstream_headers
 from wasmgate._ids import RequestIds, sane_request_id, trace_context
+from wasmgate._relay import ResponseRelay, committed_response
 from wasmgate.filterjobs import QueueFull
 from wasmgate.http import _wire
 from wasmgate.http.message import Header, IncomingRequest, RequestRecord, ResponseChannel
@@ -44,7 +46,6 @@ _REQUEST_DROP = dropping(
     b"x-request-id", b"traceparent", b"tracestate",
 )
 _REQUEST_DROP_UNENCODED = _REQUEST_DROP | {b"accept-encoding"}
-_RESPONSE_DROP = dropping(b"content-length")
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 
@@ -101,7 +102,7 @@ class Gateway:
         return exchange
 
 
-class Exchange:
+class Exchange(ResponseRelay):
     """One request's way through route, filters, upstream and back."""
 
     def __init__(self, gateway: Gateway, request: IncomingRequest, channel: ResponseChannel) -> None:
@@ -119,6 +120,8 @@ class Exchange:
         self.pending: Optional[defer.Deferred[Any]] = None
         self.response_headers: list[Header] = []
         """Headers added to the response (filters', X-Request-Id)."""
+        self.committed: Optional[FilterResponse] = None
+        """A response a request filter committed (see L{wasmgate._relay})."""
         self._collected: Optional[list[bytes]] = None
         self._collected_size = 0
         self._held: Optional[list[bytes]] = None
@@ -213,11 +216,16 @@ class Exchange:
         route, forward, request = self.route, self.forward, self.request
         assert route is not None and route.chain is not None and forward is not None
         path, _, query = forward.uri.decode("latin-1").partition("?")
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in forward.headers]
+        if request.body is not None and request.body.length is not None:
+            headers.append(("content-length", str(request.body.length)))
+        elif request.body is None and forward.declared_length:
+            headers.append(("content-length", "0"))
         self.freq = FilterRequest(
             method=forward.method.decode("latin-1"),
             path=path,
             query=query,
-            headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in forward.headers],
+            headers=headers,
             client_ip=self.record.client_ip,
             body=body,
             route=route.config.name,
@@ -237,16 +245,20 @@ class Exchange:
         if self.done:
             return
         if isinstance(outcome, Answer):
-            self.answer(outcome.status, outcome.body, _encoded(outcome.headers))
+            self.answer(outcome.status, outcome.body, from_filters(outcome.headers))
             return
         assert isinstance(outcome, Continue) and self.forward is not None
         freq = self.freq = outcome.request
         forward = self.forward
         forward.method = freq.method.encode("latin-1")
         forward.uri = (freq.path + ("?" + freq.query if freq.query else "")).encode("latin-1")
-        forward.headers = _encoded(freq.headers)
+        # Content-Length (which the filters saw) is dropped: the forward
+        # frames the body itself, the buffered one's length or the client's.
+        forward.headers = from_filters(freq.headers)
         forward.body = freq.body
-        self.response_headers = _encoded(outcome.response_headers) + self.response_headers
+        self.response_headers = from_filters(outcome.response_headers) + self.response_headers
+        if outcome.response is not None:
+            self.committed = committed_response(outcome.response)
         forward.start()
 
     def _filters_busy(self, reason: Failure) -> None:
@@ -265,50 +277,7 @@ class Exchange:
             self.record.error = text.decode().strip()
             self.answer(status, text)
 
-    # -- the response (ForwardSink) --------------------------------------------
-
-    def upstream_head(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None:
-        route, forward = self.route, self.forward
-        assert route is not None and forward is not None
-        if status == 101:  # a granted upgrade: no response filters, the tunnel follows
-            upgrade = next((v for n, v in headers if n == b"upgrade"), self.request.upgrade or b"websocket")
-            out = end_to_end(headers, _RESPONSE_DROP) + [(b"connection", b"Upgrade"), (b"upgrade", upgrade)]
-            out += self.response_headers
-            self.channel.respond(101, reason, out, length=None)
-            return
-        if route.chain is not None and route.chain.has_response_filters:
-            self._filter_response(status, reason, headers, length)
-            return
-        self.channel.respond(status, reason, end_to_end(headers, _RESPONSE_DROP) + self.response_headers, length=length)
-        self.channel.pause_upstream_with(forward)
-
-    def upstream_data(self, data: bytes) -> None:
-        if self._collected is not None:
-            self._collected_size += len(data)
-            if self._collected_size > self.gateway.settings.max_body_bytes:
-                self._collected = None
-                self.record.error = "upstream response over max_body_bytes for the response filters"
-                self.answer(502, b"upstream response too large for the response filters\n")
-                return
-            self._collected.append(data)
-        elif self._held is not None:
-            self._held.append(data)
-        elif not self.done:
-            self.channel.write(data)
-
-    def upstream_done(self) -> None:
-        self._upstream_ended = True
-        if self.done:
-            return
-        if self._when_collected is not None:
-            collected, self._when_collected = self._when_collected, None
-            collected.callback(None)
-            return
-        if self._collected is not None or self._held is not None:
-            return  # the response filters' callback finishes it
-        self.channel.stop_pausing()
-        self.channel.finish()
-        self._finish()
+    # -- the response's ends (ForwardSink; the rest is ResponseRelay's) --------
 
     def upstream_failed(self, status: int, body: bytes, headers: list[Header]) -> None:
         self._upstream_ended = True
@@ -349,58 +318,6 @@ class Exchange:
             self.answer(504, b"upstream timed out\n")
         else:
             self.answer(502, b"bad gateway\n")
-
-    # -- response filters ------------------------------------------------------
-
-    def _filter_response(self, status: int, reason: bytes, headers: list[Header], length: Optional[int]) -> None:
-        route, forward, run = self.route, self.forward, self.run
-        assert route is not None and route.chain is not None and forward is not None and run is not None
-        chain = route.chain
-        kept = end_to_end(headers, _RESPONSE_DROP)
-        if chain.wants_body:
-            self._collected = []
-            d: defer.Deferred[Any] = defer.Deferred()
-            self._when_collected = d
-        else:
-            self._held = []  # the body waits while the filters look at the head
-            forward.pauseProducing()
-            d = defer.succeed(None)
-
-        def run_filters(_: Any) -> defer.Deferred[Any]:
-            body = b"".join(self._collected) if self._collected is not None else None
-            resp = FilterResponse(
-                status=status, headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept], body=body
-            )
-            return run.run_response(resp)
-
-        def write(result: tuple[FilterResponse, list[FilterDecision]]) -> None:
-            resp, decisions = result
-            self.record.decisions.extend(decisions)
-            if self.done:
-                return
-            out = _encoded(resp.headers) + self.response_headers
-            phrase = reason if resp.status == status else _wire.reason_phrase(resp.status)
-            if self._collected is not None or resp.body is not None:
-                body = resp.body if resp.body is not None else b"".join(self._collected or ())
-                self._collected = self._held = None
-                forward.stop()  # done with it (or its body is replaced)
-                self.channel.respond(resp.status, phrase, out, length=len(body), body=body)
-                self._finish()
-                return
-            held, self._held = self._held or [], None
-            self.channel.respond(resp.status, phrase, out, length=length)
-            for data in held:
-                self.channel.write(data)
-            if self._upstream_ended:
-                self.channel.finish()
-                self._finish()
-                return
-            self.channel.pause_upstream_with(forward)
-            forward.resumeProducing()
-
-        d.addCallback(run_filters)
-        d.addCallbacks(write, self._filters_busy)
-        d.addErrback(self._internal_error)
 
     # -- the way out -----------------------------------------------------------
 
@@ -470,7 +387,3 @@ class Exchange:
             if agent is not None:
                 record.user_agent = agent.decode("latin-1")
         self.gateway.record(record)
-
-
-def _encoded(headers: list[tuple[str, str]]) -> list[Header]:
-    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
