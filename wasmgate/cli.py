@@ -140,7 +140,12 @@ def _inspect(args: argparse.Namespace) -> int:
             "config_known": True,
             "memory_limit_mb": plugin.memory_limit_mb,
             "name": f"plugin {plugin.name}: {plugin.path}",
+            "export": plugin.export,
+            # config_raw/config_base64, unless --plugin-config* replaces them
+            "config_bytes": plugin.config_bytes if given is None else None,
         }
+    if args.export is not None:
+        options["export"] = args.export
     engine = WasmEngine()
     try:
         report = inspect_module(source, engine, **options)
@@ -230,6 +235,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     given.add_argument(
         "--plugin-config-json", metavar="JSON", help="the plugin's config inline, e.g. '{\"limit\": 10}'"
+    )
+    inspect.add_argument(
+        "--export",
+        metavar="NAME",
+        help="the function an Extism plugin's calls go to (default: handler, or with -c the plugin's export:)",
     )
     inspect.set_defaults(run=_inspect)
 
