@@ -21,28 +21,22 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
-from zope.interface import implementer
 
+from wasmgate._redisconn import Factory, Health, RetryingEndpoint, tcp_endpoint
+from wasmgate._redisurl import RedisAddress, parse_redis_url
 from wasmgate.state import StateError
+
+__all__ = ["RedisAddress", "RedisCounterStore", "parse_redis_url"]
 
 T = TypeVar("T")
 
@@ -70,58 +64,6 @@ if ttl > 0 and redis.call('PTTL', KEYS[1]) == -1 then
 end
 return redis.call('GET', KEYS[1])
 """
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where a C{redis://[[user]:password@]host[:port][/db]} URL points."""
-
-    host: str
-    port: int
-    db: int
-    tls: bool = False
-    username: Optional[str] = None
-    password: Optional[str] = None
-
-    @property
-    def display(self) -> str:
-        """The URL without credentials, for messages."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{host}:{self.port}/{self.db}"
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """
-    Parse a Redis URL; C{ValueError} says what is wrong with it (without
-    repeating a password it may contain).
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"bad redis URL: {e}") from None
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"redis URL must start with redis:// or rediss://, not {parts.scheme or 'nothing'}")
-    if not parts.hostname:
-        raise ValueError("redis URL has no host")
-    if parts.query or parts.fragment:
-        raise ValueError("redis URL must not have a query or fragment")
-    path = parts.path.strip("/")
-    if not path:
-        db = 0
-    elif path.isdigit():
-        db = int(path)
-    else:
-        raise ValueError(f"redis URL path must be a database number, not {path!r}")
-    return RedisAddress(
-        host=parts.hostname,
-        port=port if port is not None else 6379,
-        db=db,
-        tls=parts.scheme == "rediss",
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
 
 
 class RedisCounterStore:
@@ -182,12 +124,12 @@ class RedisCounterStore:
         self._reactor = reactor
         self._closed = False
         self._closing: Optional[Deferred[None]] = None
-        self._health = _Health(
+        self._health = Health(
             url=self.url, reactor=reactor, log=self._log, log_interval=log_interval
         )
 
         address = self.address
-        endpoint = _tcp_endpoint(reactor, address.host, address.port, connect_timeout)
+        endpoint = tcp_endpoint(reactor, address.host, address.port, connect_timeout)
         if address.tls:
             trust = None
             if tls_ca_file is not None:
@@ -196,7 +138,7 @@ class RedisCounterStore:
             endpoint = wrapClientTLS(optionsForClientTLS(address.host, trustRoot=trust), endpoint)
         elif tls_ca_file is not None:
             raise ValueError("tls_ca_file needs a rediss:// URL")
-        factory = _Factory(
+        factory = Factory(
             f"{address.host}:{address.port}",
             # SELECT even database 0: a connection then counts as usable only
             # once Redis has answered (after the TLS handshake, say).
@@ -214,17 +156,17 @@ class RedisCounterStore:
         )
         factory.health = self._health
         factory.reconnect = True
-        # After a lost connection, try again soon; _RetryingEndpoint does the
+        # After a lost connection, try again soon; RetryingEndpoint does the
         # backing off (and keeps ClientService from logging every attempt).
         factory.initialDelay = 0.05
         factory.maxDelay = reconnect_max_delay
         # Fires when the pool is first complete, or fails on the first
-        # refusal, which _Factory.connectionError reports anyway.
+        # refusal, which Factory.connectionError reports anyway.
         factory.deferred.addErrback(lambda _: None)
         self._factory = factory
         self._client = factory.handler
         factory.startConnecting(
-            _RetryingEndpoint(
+            RetryingEndpoint(
                 endpoint,
                 reactor,
                 name=self.url,
@@ -424,16 +366,6 @@ class RedisCounterStore:
         return result  # type: ignore[no-any-return]
 
 
-def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    # HostnameEndpoint reports a refused connection only after its 0.3 s
-    # attempt delay; an address needs no resolving nor racing.
-    if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return HostnameEndpoint(reactor, host, port, timeout=timeout)
-
-
 def _as_int(value: Any) -> int:
     if value is None:
         return 0
@@ -441,200 +373,3 @@ def _as_int(value: Any) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise StateError(f"redis key does not hold an integer: {value!r:.40}") from None
-
-
-class _Health:
-    """
-    What the store knows about reaching Redis: why it last failed, for error
-    messages, and the log lines, one per outage (then one per
-    C{log_interval} while it lasts) instead of one per attempt.
-    """
-
-    def __init__(self, *, url: str, reactor: Any, log: Logger, log_interval: float) -> None:
-        self.url = url
-        self._reactor = reactor
-        self._log = log
-        self._log_interval = log_interval
-        self.last_error: Optional[str] = None
-        # Redis said no (wrong password or database, TLS failure): retry slowly.
-        self.refusing = False
-        self.down = False
-        self._down_since = 0.0
-        self._failures = 0
-        self._logged_at = 0.0
-        self._lost_in_handshake = False
-        self.waiters: list[Deferred[None]] = []
-
-    def unreachable(self, why: Optional[str] = None) -> StateError:
-        why = why or self.last_error or "no connection (reconnecting)"
-        return StateError(f"redis at {self.url} unreachable: {why}")
-
-    def attempt_failed(self, f: Failure) -> None:
-        """A connection attempt failed (refused, timed out, no route...)."""
-        self.failed(f.getErrorMessage())
-
-    def connection_lost(self, why: Failure, *, usable: bool) -> None:
-        if usable:
-            # Reconnecting at once; if that fails, attempt_failed logs it.
-            self.last_error = f"connection lost ({why.getErrorMessage()})"
-        elif not self.refusing:
-            # Connected but lost before Redis answered: TLS refused, server
-            # going away. Retry slowly, like a refusal. txredisapi reports
-            # this again as a handshake error, without the reason;
-            # handshake_failed ignores that.
-            self._lost_in_handshake = self.refusing = True
-            self.failed(why.getErrorMessage())
-
-    def handshake_failed(self, why: str) -> None:
-        """txredisapi's AUTH or SELECT failed (C{"Redis error: could not ..."})."""
-        if self._lost_in_handshake:
-            self._lost_in_handshake = False
-            return
-        self.refusing = True
-        self.failed(why.replace("Redis error: ", ""))
-
-    def connection_usable(self) -> None:
-        if self.down:
-            self._log.info(
-                "redis at {url} reachable again after {seconds:.1f} s",
-                url=self.url,
-                seconds=self._reactor.seconds() - self._down_since,
-            )
-        self.down = self.refusing = self._lost_in_handshake = False
-        self.last_error = None
-
-    def failed(self, why: str) -> None:
-        self.last_error = why = why.rstrip(".")
-        now = self._reactor.seconds()
-        self._failures += 1
-        if not self.down:
-            self.down = True
-            self._down_since = self._logged_at = now
-            self._failures = 1
-            self._log.warn(
-                "redis at {url} unreachable: {why}; retrying in the background",
-                url=self.url,
-                why=why,
-            )
-        elif now - self._logged_at >= self._log_interval:
-            self._logged_at = now
-            self._log.warn(
-                "redis at {url} still unreachable after {failures} attempts: {why}",
-                url=self.url,
-                failures=self._failures,
-                why=why,
-            )
-        self.waiters, waiting = [], self.waiters
-        error = self.unreachable()
-        for d in waiting:
-            if not d.called:
-                d.errback(error)
-
-
-class _Protocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol, telling the store's L{_Health} how it went."""
-
-    factory: "_Factory"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.usable = False
-        self.whenConnected().addCallback(self._usable)
-
-    def _usable(self, _: object) -> None:
-        self.usable = True
-        self.factory.health.connection_usable()
-
-    def connectionLost(self, why: Failure) -> None:  # noqa: N802 (Twisted API)
-        # First, so that the calls failed by super() find the reason recorded.
-        self.factory.health.connection_lost(why, usable=self.usable)
-        super().connectionLost(why)
-
-
-class _Factory(txredisapi.RedisFactory):
-    """
-    txredisapi's factory, but it never gives up: txredisapi stops
-    reconnecting for good when AUTH or SELECT fails, even when the
-    connection merely dropped meanwhile or Redis was briefly at maxclients.
-    After a refusal it retries every C{refused_retry_delay} seconds.
-    (The store closes through L{disconnect}, which still stops it.)
-    """
-
-    protocol = _Protocol
-    health: _Health
-    refused_retry_delay = 10.0
-
-    def stopTrying(self) -> Deferred[None]:  # noqa: N802 (txredisapi API)
-        return defer.succeed(None)
-
-    def connectionError(self, why: str) -> None:  # noqa: N802 (txredisapi API)
-        super().connectionError(why)
-        self.health.handshake_failed(why)
-
-    def retryDelay(self, attempt: int) -> float:  # noqa: N802 (txredisapi API)
-        delay = float(super().retryDelay(attempt))
-        return max(delay, self.refused_retry_delay) if self.health.refusing else delay
-
-
-@implementer(IStreamClientEndpoint)
-class _RetryingEndpoint:
-    """
-    An endpoint whose C{connect} keeps trying (backing off up to
-    C{max_delay}) until it succeeds or is cancelled, reporting each failure.
-
-    txredisapi's pool reconnects through C{ClientService}, which logs every
-    failed attempt; it only sees this endpoint succeed, so an outage costs
-    one log line of ours instead of one of its per attempt.
-    """
-
-    def __init__(
-        self,
-        endpoint: IStreamClientEndpoint,
-        reactor: Any,
-        *,
-        name: str,
-        max_delay: float,
-        failed: Callable[[Failure], None],
-        initial_delay: float = 0.05,
-    ) -> None:
-        self._endpoint = endpoint
-        self._reactor = reactor
-        self._name = name
-        self._max_delay = max_delay
-        self._initial_delay = initial_delay
-        self._failed = failed
-
-    def __repr__(self) -> str:
-        return f"<redis endpoint {self._name}>"
-
-    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
-        state: dict[str, Any] = {"attempt": None, "retry": None, "cancelled": False, "delay": 0.0}
-
-        def cancel(_: Deferred[Any]) -> None:
-            state["cancelled"] = True
-            if state["retry"] is not None and state["retry"].active():
-                state["retry"].cancel()
-            if state["attempt"] is not None:
-                state["attempt"].cancel()
-
-        result: Deferred[Any] = Deferred(cancel)
-
-        def attempt() -> None:
-            state["retry"] = None
-            state["attempt"] = d = self._endpoint.connect(factory)
-            d.addCallbacks(connected, failed)
-
-        def connected(protocol: Any) -> None:
-            state["attempt"] = None
-            result.callback(protocol)
-
-        def failed(f: Failure) -> None:
-            state["attempt"] = None
-            if state["cancelled"]:
-                return
-            self._failed(f)
-            state["delay"] = min(self._max_delay, max(self._initial_delay, state["delay"] * 2))
-            state["retry"] = self._reactor.callLater(state["delay"], attempt)
-
-        attempt()
-        return result
