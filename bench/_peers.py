@@ -101,12 +101,14 @@ def wasmgate_config(
     tls: bool,
     plugin_dir: Optional[str] = None,
     limit: int = RATE_LIMIT,
+    workers: int = 1,
 ) -> dict[str, Any]:
     plugin_dir = plugin_dir or os.path.join(ROOT, "plugins")
     config: dict[str, Any] = {
         "server": {
             "listen": f"tcp:{port}:interface=127.0.0.1",
             "trusted_proxies": ["127.0.0.1/32"],
+            "workers": workers,
         },
         "admin": {"listen": f"tcp:{admin_port}:interface=127.0.0.1"},
         # Like every peer here (nginx's access_log off, Node and the bare

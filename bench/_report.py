@@ -121,6 +121,11 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_num(hs['per_second']) if hs else '—'} |"
             )
 
+    if results.get("workers"):
+        from _workers import markdown as workers_markdown
+
+        lines += workers_markdown(results["workers"])
+
     reload = results.get("reload")
     if reload:
         lines += ["", "## Reload under load (wasmgate + 2 wasm filters)", ""]
