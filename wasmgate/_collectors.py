@@ -132,8 +132,14 @@ class LiveCollector:
         instances = GaugeMetricFamily(
             "wasmgate_plugin_instances", "Live instances of a filter", labels=["plugin"]
         )
+        limit = GaugeMetricFamily(
+            "wasmgate_plugin_memory_limit_bytes", "Memory one instance of a filter may use (memory_limit_mb)",
+            labels=["plugin"],
+        )
         for name, wasm_filter in generation.filters.items():
             memory.add_metric([name], float(wasm_filter.memory_bytes()))
             instances.add_metric([name], float(wasm_filter.instance_count()))
+            limit.add_metric([name], float(wasm_filter.memory_limit))
         yield memory
         yield instances
+        yield limit

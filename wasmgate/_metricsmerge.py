@@ -23,6 +23,9 @@ SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 GAUGE_MERGE: dict[str, Callable[[Iterable[float]], float]] = {
     "wasmgate_tls_cert_not_after_seconds": min,
     "wasmgate_upstream_healthy": max,
+    "wasmgate_plugin_memory_limit_bytes": max,
+    "process_start_time_seconds": min,
+    "process_max_fds": min,
 }
 """Gauges every worker measures alike: not summed."""
 

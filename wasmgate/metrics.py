@@ -16,7 +16,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from wasmgate import _collectors as live
 from wasmgate._fastmetrics import CounterFamily, FastCollector, HistogramFamily
@@ -110,6 +110,11 @@ class GatewayMetrics:
         )
         self._bytes_in = self.bytes.labels("in")
         self._bytes_out = self.bytes.labels("out")
+        # Series an alert takes increase() of exist from the start, at 0:
+        # a series that appears at its first count hides that count.
+        for result in ("ok", "error"):
+            self.reloads.labels(result)
+        ProcessCollector(registry=r)
         r.register(
             FastCollector(
                 self.requests, self.duration, self.upstream_requests, self.upstream_duration,
@@ -193,6 +198,14 @@ class GatewayMetrics:
             self.plugin_duration.labels(d.plugin).observe(d.seconds)
             decision, _, kind = d.outcome.partition(":")
             self.decisions.labels(d.plugin, d.phase, decision, str(d.status) if d.status else kind).inc()
+
+    def plugin_known(self, plugin: str) -> None:
+        """A filter was loaded: its failure series exist from now on, at 0."""
+        from wasmgate.wasm.failures import FAILURE_KINDS
+
+        with self._lock:
+            for kind in FAILURE_KINDS:
+                self.plugin_errors.labels(plugin, kind)
 
     def plugin_failed(self, plugin: str, kind: str) -> None:
         """A filter failed (any thread)."""

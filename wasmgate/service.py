@@ -202,6 +202,8 @@ class GatewayService(service.MultiService):
 
     def _assemble(self, config: GatewayConfig, filters: dict[str, Any]) -> Generation:
         self._generations += 1
+        for name in filters:
+            self.metrics.plugin_known(name)
         return build_generation(
             config,
             number=self._generations,
