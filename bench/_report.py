@@ -121,6 +121,11 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_num(hs['per_second']) if hs else '—'} |"
             )
 
+    if results.get("h2"):
+        from _h2 import markdown as h2_markdown
+
+        lines += h2_markdown(results["h2"])
+
     if results.get("workers"):
         from _workers import markdown as workers_markdown
 

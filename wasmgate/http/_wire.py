@@ -24,6 +24,21 @@ def header_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"".join([name + b": " + value + b"\r\n" for name, value in headers])
 
 
+def no_delay(transport: object) -> None:
+    """
+    Send small writes at once (TCP_NODELAY), as nginx does on keep-alive
+    connections: an HTTP/2 stream's HEADERS and its last DATA often go out
+    in different reactor turns, and Nagle would hold the second until the
+    client's (delayed, ~40 ms) ACK of the first.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:  # not TCP (a UNIX socket), or already closed
+            pass
+
+
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body (RFC 9112 7.1)."""
     return b"%x\r\n%b\r\n" % (len(data), data)

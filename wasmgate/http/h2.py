@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wasmgate.http._h2stream import H2Stream
+from wasmgate.http._wire import no_delay
 from wasmgate.http._timers import Deadline
 from wasmgate.http.message import (
     BodyTimedOut,
@@ -85,6 +86,7 @@ class H2ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
+        no_delay(transport)
         self._secure = ISSLTransport.providedBy(transport)
         peer = transport.getPeer()
         self._peer = (getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0)
