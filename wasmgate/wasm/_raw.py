@@ -28,6 +28,10 @@ behaves differently. Both paths offer the same three operations:
     what it needs looked up once (for memories read on every call).
 
 All values crossing are plain ints. Types are given as C{"i32"} / C{"i64"}.
+
+This is the one module that touches wasmtime's private API. L{CheckedPath}
+and what both paths share (L{GuestTrap}, L{MemoryCell}, L{read}, L{write})
+are in L{wasmgate.wasm._checked}; import them from here.
 """
 from __future__ import annotations
 
@@ -38,144 +42,26 @@ from typing import Any, Callable, Optional, Sequence
 import wasmtime
 from wasmtime import TrapCode
 
+from wasmgate.wasm._checked import (
+    VALTYPES,
+    CheckedPath,
+    GuestTrap,
+    HostFn,
+    MemoryCell,
+    error_to_exception,
+    func_type,
+    host_error_trap_message,
+    read,
+    trap_to_exception,
+    write,
+)
+
 try:  # the private bindings; their absence only disables the raw path
     from wasmtime import _ffi as _ffi
 except ImportError:  # pragma: no cover - depends on the wasmtime build
     _ffi = None  # type: ignore[assignment]
 
-
-HostFn = Callable[..., Optional[int]]
-"""C{fn(base, size, *args) -> int | None}: a host function's Python side."""
-
-
-class GuestTrap(Exception):
-    """
-    A call into the guest did not return normally.
-
-    @ivar code: the wasmtime L{TrapCode} (C{INTERRUPT} for an epoch
-        deadline, C{OUT_OF_FUEL}, C{UNREACHABLE}, ...) or C{None} when the
-        trap came from a host function or wasmtime did not give one.
-    """
-
-    def __init__(self, code: Optional[TrapCode], message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _trap_to_exception(trap: wasmtime.Trap) -> GuestTrap:
-    try:
-        code = trap.trap_code
-    except Exception:  # an unknown code from a newer wasmtime
-        code = None
-    return GuestTrap(code, trap.message)
-
-
-def _error_to_exception(error: BaseException) -> GuestTrap:
-    if isinstance(error, wasmtime.Trap):
-        return _trap_to_exception(error)
-    return GuestTrap(None, str(error))
-
-
-_VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
-
-
-def func_type(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
-    """A C{FuncType} from C{"i32"}/C{"i64"} names."""
-    return wasmtime.FuncType(
-        [_VALTYPES[p]() for p in params], [_VALTYPES[r]() for r in results]
-    )
-
-
-class MemoryCell:
-    """
-    Where a host function finds its instance's memory.
-
-    Imports are created before the instance exists, so host functions get
-    this cell and the instance's C{memory} export is put into it after
-    instantiation. Until then (start-up code: a C{(start ...)} section, or
-    C{_start} run while instantiating) a host function sees the memory its
-    caller exports as C{memory}, looked up through the caller.
-    """
-
-    def __init__(self) -> None:
-        self.memory: Optional[wasmtime.Memory] = None
-
-
-def _host_error_trap_message(exc: BaseException) -> str:
-    return "wasmgate host function failed: %s" % (type(exc).__name__,)
-
-
-class CheckedPath:
-    """The public wasmtime-py API: slower, always available."""
-
-    raw = False
-    name = "checked"
-
-    @staticmethod
-    def on_epoch_deadline(store: wasmtime.Store, decide: Callable[[], Optional[int]]) -> bool:
-        return False  # the public API has no deadline callback: deadlines stay wall-clock
-
-    @staticmethod
-    def set_epoch_deadline(store: wasmtime.Store, ticks: int) -> None:
-        store.set_epoch_deadline(ticks)
-
-    def export_caller(
-        self,
-        store: wasmtime.Store,
-        func: wasmtime.Func,
-        params: Sequence[str],
-        results: Sequence[str],
-    ) -> Callable[..., Optional[int]]:
-        def call(*args: int) -> Optional[int]:
-            try:
-                return func(store, *args)  # type: ignore[no-any-return]
-            except GuestTrap:
-                raise
-            except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-                raise _error_to_exception(e) from None
-            except Exception as e:
-                # wasmtime-py re-raises a host function's exception here
-                # (through a process-global slot); our own on_error already
-                # recorded it, so this is just "the guest was trapped".
-                raise GuestTrap(None, _host_error_trap_message(e)) from None
-
-        return call
-
-    def host_func(
-        self,
-        store: wasmtime.Store,
-        params: Sequence[str],
-        results: Sequence[str],
-        fn: HostFn,
-        cell: MemoryCell,
-        on_error: Callable[[BaseException], None],
-    ) -> wasmtime.Func:
-        def trampoline(caller: Any, *args: int) -> Optional[int]:
-            mem = cell.memory
-            if mem is None:  # start-up: the caller's own export
-                found = caller.get("memory")
-                mem = found if isinstance(found, wasmtime.Memory) else None
-            if mem is not None:
-                base = ctypes.addressof(mem.data_ptr(caller).contents)
-                size = mem.data_len(caller)
-            else:
-                base = size = 0
-            try:
-                return fn(base, size, *args)
-            except BaseException as e:
-                on_error(e)
-                raise
-
-        return wasmtime.Func(
-            store, func_type(params, results), trampoline, access_caller=True
-        )
-
-    def memory_span(self, store: wasmtime.Store, memory: wasmtime.Memory) -> tuple[int, int]:
-        return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
-
-    def memory_spanner(self, store: wasmtime.Store, memory: wasmtime.Memory) -> Callable[[], tuple[int, int]]:
-        return lambda: self.memory_span(store, memory)
+__all__ = ["CheckedPath", "GuestTrap", "HostFn", "MemoryCell", "RawPath", "func_type", "read", "select", "write"]
 
 
 class RawPath:
@@ -273,10 +159,10 @@ class RawPath:
         if trap.value:
             ptr = ctypes.cast(trap.value, self._trap_ptr_type)
             trap.value = None
-            raise _trap_to_exception(wasmtime.Trap._from_ptr(ptr))
+            raise trap_to_exception(wasmtime.Trap._from_ptr(ptr))
         if err:
             error = wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, self._error_ptr_type))
-            raise _error_to_exception(error)
+            raise error_to_exception(error)
 
     def export_caller(
         self,
@@ -407,7 +293,7 @@ class RawPath:
                     on_error(e)
                 except BaseException:
                     pass
-                msg = _host_error_trap_message(e).encode("utf-8")
+                msg = host_error_trap_message(e).encode("utf-8")
                 return trap_new(msg, len(msg)) or 0
 
         cb = self._callback_type(callback)
@@ -461,7 +347,7 @@ def _arg_reader(params: tuple[str, ...]) -> Callable[[Any], tuple[int, ...]]:
     written out for its signature (a loop with C{getattr} per call costs
     a microsecond of every host call).
     """
-    if any(t not in _VALTYPES for t in params):
+    if any(t not in VALTYPES for t in params):
         raise ValueError("unsupported parameter types %r" % (params,))
     fields = ", ".join("vals[%d].%s" % (i, t) for i, t in enumerate(params))
     return eval("lambda vals: (%s%s)" % (fields, "," if len(params) == 1 else ""))  # noqa: S307
@@ -475,27 +361,6 @@ def _setter(vals: Any, i: int, t: str) -> Callable[[int], None]:
 
     return set_
 
-
-def read(base: int, size: int, ptr: int, length: int) -> bytes:
-    """Copy C{length} bytes at guest address C{ptr}, bounds-checked."""
-    ptr &= 0xFFFFFFFF
-    length &= 0xFFFFFFFF
-    if ptr + length > size:
-        raise IndexError("guest range %d+%d outside memory of %d bytes" % (ptr, length, size))
-    return ctypes.string_at(base + ptr, length) if length else b""
-
-
-def write(base: int, size: int, ptr: int, data: bytes) -> None:
-    """Copy C{data} to guest address C{ptr}, bounds-checked."""
-    ptr &= 0xFFFFFFFF
-    if ptr + len(data) > size:
-        raise IndexError("guest range %d+%d outside memory of %d bytes" % (ptr, len(data), size))
-    if data:
-        _memmove(base + ptr, data, len(data))
-
-
-# ctypes.memmove lets go of the GIL (see RawPath): this one keeps it.
-_memmove = ctypes.PYFUNCTYPE(c_void_p, c_void_p, ctypes.c_char_p, c_size_t)(ctypes._memmove_addr)  # type: ignore[attr-defined]
 
 
 _PROBE_WAT = r"""
