@@ -61,6 +61,23 @@ def test_check_accepts_the_example():
     assert "ok" in result.stdout
 
 
+def test_check_explains_workers(tmp_path):
+    """What runs: a supervisor and N workers, filter threads per worker, where counters live."""
+    text = EXAMPLE.read_text().replace("../plugins/", str(EXAMPLE.parent.parent / "plugins") + "/")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text.replace('listen: "tcp:8080:interface=127.0.0.1"', 'listen: "tcp:8080:interface=127.0.0.1"\n  workers: 3', 1))
+    result = run(WASMGATE, "check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == (
+        f"{config}: runs a supervisor and 3 worker processes, each with 4 filter threads"
+        " (12 in all; filters.threads is per worker); filter counters shared by the workers in memory"
+    )
+    config.write_text(text.replace('listen: "tcp:8080:interface=127.0.0.1"', 'listen: "tcp:8080:interface=127.0.0.1"\n  workers: none', 1))
+    result = run(WASMGATE, "check", "-c", str(config))
+    assert result.returncode == 1
+    assert f"{config}: server.workers: expected auto or a number of processes from 1 to 256, got 'none'" in result.stderr
+
+
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_bad_configs_refused_by_check_and_twistd(tmp_path, case):
     text, expected = BAD_CONFIGS[case]

@@ -45,7 +45,25 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.config}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams,"
         f" {len(config.plugins)} plugins{bound})"
     )
+    print(f"{args.config}: {_processes(config)}")
     return 0
+
+
+def _processes(config: GatewayConfig) -> str:
+    """What C{twistd wasmgate} will run for this config, in one line."""
+    threads = config.filters.threads
+    count = config.server.worker_count()
+    how = " (auto: one per CPU here)" if config.server.workers == 0 else ""
+    if count <= 1:
+        return f"runs 1 process{how} with {threads} filter threads"
+    shared = {
+        "memory": "filter counters shared by the workers in memory",
+        "redis": "filter counters in Redis",
+    }.get(config.state.backend, "")
+    return (
+        f"runs a supervisor and {count} worker processes{how}, each with {threads} filter threads"
+        f" ({count * threads} in all; filters.threads is per worker); {shared}"
+    )
 
 
 def _bind_problems(config: GatewayConfig) -> list[str]:
