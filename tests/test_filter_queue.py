@@ -65,10 +65,15 @@ async def test_a_flood_on_a_slow_route_does_not_starve_the_others(tmp_path, upst
 @pytest_twisted.ensureDeferred
 async def test_the_filter_queue_is_bounded(tmp_path, upstream, start_gateway, http):
     gw = start_gateway(_config(tmp_path, upstream.url, threads=1, max_queue=2))
-    codes = []
-    for d in [defer.ensureDeferred(_status(http, gw.url + "/slow/x")) for _ in range(6)]:
-        codes.append((await d)[0])
+    async def get() -> tuple[int, bytes]:
+        response = await http.get(gw.url + "/slow/x")
+        await response.content()
+        return response.code, (response.headers.getRawHeaders(b"retry-after") or [b""])[0]
+
+    answers = [await d for d in [defer.ensureDeferred(get()) for _ in range(6)]]
+    codes = [code for code, _ in answers]
     assert codes.count(503) >= 2 and set(codes) <= {502, 503}, codes
+    assert {retry for code, retry in answers if code == 503} == {b"1"}  # come back in a second
     response = await http.get(gw.url + "/slow/x")  # all done: room again
     assert response.code == 502
     await response.content()
