@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wasm_filter -*-
+# -*- test-case-name: tests.test_wasm_filter,tests.test_abi_json_bounds -*-
 """
 The wasmgate JSON ABI (v1), see DESIGN.md.
 
@@ -26,8 +26,9 @@ Response output: C{{"status_code", "headers", "body"}}, every key optional,
 headers merged as above.
 
 Output is checked strictly: unknown keys, wrong types, status outside
-100-599, CR/LF/NUL in header names or values, invalid base64 or a range
-outside memory are all L{BadOutput} (HTTP 500, kind C{bad_output}).
+100-599, CR/LF/NUL in header names or values, invalid base64, a range
+outside memory, an answer over L{MAX_OUTPUT_BYTES} or nested too deeply for
+Python's C{json} are all L{BadOutput} (HTTP 500, kind C{bad_output}).
 Unknown keys are errors so that a typo like C{"status"} does not silently
 turn into a 403.
 """
@@ -61,6 +62,11 @@ _OPTIONAL = {
 
 MIN_BUFFER = 4096
 DEFAULT_BLOCK_STATUS = 403
+
+MAX_OUTPUT_BYTES = 4 * 1024 * 1024
+"""The largest answer read from a guest, unless twice its input is larger
+(a filter may rewrite a body as large as the one it was given). A larger
+answer is bad output, refused before it is copied or parsed."""
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
@@ -166,6 +172,9 @@ class JsonAbi:
         if packed == 0:
             return None
         out_ptr, out_len = packed >> 32, packed & 0xFFFFFFFF
+        bound = max(MAX_OUTPUT_BYTES, 2 * len(data))
+        if out_len > bound:
+            raise BadOutput("output of %d bytes is over the bound of %d bytes" % (out_len, bound))
         base, size = ctx.span()
         if out_ptr + out_len > size:
             raise BadOutput(
@@ -176,6 +185,8 @@ class JsonAbi:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadOutput("output is not valid JSON: %s" % (e,)) from None
+        except RecursionError:
+            raise BadOutput("output is nested too deeply to parse") from None
         if not isinstance(doc, dict):
             raise BadOutput("output must be a JSON object, not %s" % (type(doc).__name__,))
         return doc
