@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wasm_filter, tests.test_abi_httpwasm -*-
+# -*- test-case-name: tests.test_wasm_filter,tests.test_abi_httpwasm -*-
 """
 A filter's live instances, and which thread or request holds each.
 
