@@ -230,3 +230,42 @@ async def test_a_dead_collector_costs_requests_nothing_but_counted_drops(tmp_pat
     metrics = await (await treq.get(gw.admin_url + "/metrics")).text()
     dropped = re.search(r"^wasmgate_trace_spans_dropped_total (\S+)$", metrics, re.M)
     assert dropped and float(dropped.group(1)) == 80.0
+
+
+def _refused_over_h2(port: int) -> dict:
+    from tests.h2_client import H2Client
+
+    client = H2Client(port)
+    try:
+        stream_id = client.request("/", method="POST", headers=[("content-length", "99999999")])
+        client.until(lambda: client.responses[stream_id]["status"] is not None)
+        return client.responses[stream_id]
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_refused_at_the_wire_carry_their_request_id(tmp_path, upstream, start_gateway):
+    """The ID a client sees on a 400 is the one its access-log line has (HTTP/1.1 and HTTP/2)."""
+    from tests.conftest import gateway_yaml
+
+    log = tmp_path / "refused.jsonl"
+    gw = start_gateway(gateway_yaml(upstream.url, server="  h2c: true\n  banner: edge") + f"access_log: {log}\n")
+    port = int(gw.url.rsplit(":", 1)[1])
+
+    def bad() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")
+            return read_until_closed(sock)
+
+    answer = await threads.deferToThread(bad)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    [request_id] = _header(answer, b"x-request-id")
+    assert _header(answer, b"server") == [b"edge"]
+    h2 = await threads.deferToThread(_refused_over_h2, port)
+    assert h2["status"] == 413
+    h2_headers = dict(h2["headers"])
+    assert h2_headers[b"server"] == b"edge"
+    gw.service.access_file.flush()
+    ids = {json.loads(line)["status"]: json.loads(line)["request_id"] for line in log.read_text().splitlines()}
+    assert ids[400] == request_id.decode() and ids[413] == h2_headers[b"x-request-id"].decode()

@@ -666,6 +666,14 @@ def test_store_refuses_bad_initial_files(setup: Setup) -> None:
     assert str(setup.paths("www")[1]) in info.value.problems[0]
 
 
+def test_store_refuses_a_certificate_that_does_not_cover_its_hosts(setup: Setup) -> None:
+    """As C{wasmgate check} does, and as a rotation that loses a host is refused."""
+    setup.write("api", issue(setup.ca, ["other.example.com"]))
+    with pytest.raises(CertificateError) as info:
+        CertificateStore(setup.specs)
+    assert "does not cover host 'api.example.com'" in str(info.value)
+
+
 @pytest_twisted.ensureDeferred
 async def test_store_serves_out_of_date_certificates_with_a_warning(
     setup: Setup, serve: Serve

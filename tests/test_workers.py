@@ -241,6 +241,36 @@ async def test_reload_reaches_every_worker_or_none(tmp_path, upstream):
         answers = await threads.deferToThread(lambda: [_request(gw.port, "/limited/y") for _ in range(6)])
         assert all(_status(a) == 429 for a in answers)  # still limit 3, counts shared
         assert "reload failed, every worker keeps the current config" in gw.output()
+        # What a restarted worker would pick up alone is refused for all.
+        gw.write(limit=3, state="state: {backend: redis, url: 'redis://127.0.0.1:1'}")
+        answer = await treq.post(f"http://127.0.0.1:{gw.admin}/reload", persistent=False)
+        body = await answer.text()
+        assert answer.code == 500 and "state changed: restart the gateway to change it" in body, body
+    finally:
+        gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_reopens_every_workers_access_log_even_with_a_bad_config(tmp_path, upstream):
+    gw = Running(tmp_path, upstream.url)
+    try:
+        await gw.until_ready()
+        await threads.deferToThread(lambda: [_request(gw.port, "/echo") for _ in range(4)])
+        await _sleep(1.5)  # flushed
+        rotated = tmp_path / "access.jsonl.1"
+        gw.access.rename(rotated)  # logrotate
+        gw.write(limit="-1")
+        gw.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while not gw.access.exists():
+            assert time.monotonic() < deadline, gw.output()
+            await _sleep(0.1)
+        await threads.deferToThread(lambda: [_request(gw.port, "/echo") for _ in range(20)])
+        gw.process.send_signal(signal.SIGTERM)
+        assert await threads.deferToThread(gw.process.wait, 30) == 0
+        assert len(rotated.read_text().splitlines()) == 4
+        assert len(gw.access.read_text().splitlines()) == 20
+        assert "reload failed, every worker keeps the current config" in gw.output()
     finally:
         gw.stop()
 

@@ -199,10 +199,17 @@ RESTART_ONLY: tuple[tuple[str, Callable[[GatewayConfig], Any]], ...] = (
 """Settings a reload cannot change in a running process."""
 
 
+def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The settings that differ and that a running gateway cannot change."""
+    changed = [key for key, value in RESTART_ONLY if value(old) != value(new)]
+    if old.tracing is not None and new.tracing is None:
+        changed.remove("tracing (turning it on; its endpoint, queue, name, timeout)")  # off: at once
+    return changed
+
+
 def warn_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
-    for key, value in RESTART_ONLY:
-        if value(old) != value(new):
-            log.warn("{key} changed: takes effect only after a restart", key=key)
+    for key in restart_only_changes(old, new):
+        log.warn("{key} changed: takes effect only after a restart", key=key)
 
 
 def warn_filter_order(config: GatewayConfig) -> None:

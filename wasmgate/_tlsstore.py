@@ -125,7 +125,7 @@ class CertificateStore(Rotation):
                 f"min_version must be one of {sorted(_MIN_VERSIONS)}, "
                 f"not {min_version!r}"
             )
-        problems = validate_certificates(certificates, check_hosts=False)
+        problems = validate_certificates(certificates)
         if problems:
             raise CertificateError(problems)
         self._min_version = _MIN_VERSIONS[min_version]

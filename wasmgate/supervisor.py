@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from wasmgate._control import ControlError
 from wasmgate._metricsmerge import MetricsMerge, WorkerPage, render
 from wasmgate._pluginwatch import PluginWatch
-from wasmgate._reloading import warn_filter_order, warn_restart_only
+from wasmgate._reloading import restart_only_changes, warn_filter_order
 from wasmgate._sharedlisteners import SharedListeners
 from wasmgate._supervisormetrics import SupervisorMetrics
 from wasmgate._workerprocess import WorkerSlot
@@ -190,10 +190,21 @@ class SupervisorService(service.MultiService):
     @defer.inlineCallbacks
     def _reload_now(self) -> Any:
         self.notifier.reloading()
+        # What a SIGHUP does whatever the config says: logs reopened (after
+        # logrotate), certificate files read again.
+        alive = [s for s in self.slots if s.alive]
+        yield defer.DeferredList([s.call("reopen") for s in alive], consumeErrors=True)
         try:
             try:
                 text, config = yield threads.deferToThread(_read_config, self.config.source)
-                warn_restart_only(self.config, config)
+                changed = restart_only_changes(self.config, config)
+                if changed:
+                    # One process would warn and go on; here a worker that
+                    # restarts would pick them up and differ from the rest.
+                    raise ConfigError(
+                        config.source,
+                        [f"{key} changed: restart the gateway to change it (with workers, a reload cannot)" for key in changed],
+                    )
                 warn_filter_order(config)
                 yield self._move([s for s in self.slots if s.alive], text)
             except Exception as e:

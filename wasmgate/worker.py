@@ -53,6 +53,7 @@ class WorkerControl(Protocol):
                 "prepare": self.prepare,
                 "commit": self.commit,
                 "abort": self.abort,
+                "reopen": self.reopen,
                 "metrics": self.metrics,
                 "readiness": self.service.readiness_problems,
             },
@@ -73,7 +74,6 @@ class WorkerControl(Protocol):
         yield self.service.reload_lock.acquire()
         try:
             parsed = parse_config(config.encode("utf-8", "surrogateescape"), source=source)
-            self.service.reopen_logs()
             self._prepared = yield self.service.prepare_reload(parsed)
         except BaseException:
             self.service.reload_lock.release()
@@ -95,6 +95,12 @@ class WorkerControl(Protocol):
             return defer.succeed(None)
         self.service.reload_lock.release()
         return prepared.abort()
+
+    def reopen(self) -> None:
+        """SIGHUP at the supervisor: the access log and the certificate files, again."""
+        self.service.reopen_logs()
+        if self.service.certificates is not None:
+            self.service.certificates.reload()  # problems are logged, old pairs kept
 
     def metrics(self) -> str:
         from prometheus_client.exposition import generate_latest

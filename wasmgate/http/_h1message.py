@@ -56,7 +56,8 @@ class Message:
         self.headers_done = False
         self.ended = False
         self.exchange: Optional[Exchange] = None
-        self.refusal: Optional[tuple[int, bytes]] = None
+        self.refusal: Optional[tuple[int, bytes, str]] = None
+        """Refused at the wire: status, text and the request ID it was logged with."""
         self.expect_continue = False
         self.started_response = False
         self.status = 0

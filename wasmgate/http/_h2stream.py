@@ -157,10 +157,11 @@ class H2Stream:
         self._done()
         self.protocol.flush()
 
-    def refuse(self, status: int, text: bytes) -> None:
+    def refuse(self, status: int, text: bytes, *, request_id: str = "") -> None:
         """Answered at the wire (no exchange): a plain-text error."""
         self.respond(
-            status, _wire.reason_phrase(status), [(b"content-type", b"text/plain; charset=utf-8")],
+            status, _wire.reason_phrase(status),
+            _wire.refusal_headers(request_id, self.protocol.settings.banner),
             length=len(text), body=text,
         )
 

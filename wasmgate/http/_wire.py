@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Iterable
+from typing import Iterable, Optional
 
 _PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _PHRASES[429] = b"Too Many Requests"
@@ -37,6 +37,16 @@ def no_delay(transport: object) -> None:
             set_no_delay(True)
         except OSError:  # not TCP (a UNIX socket), or already closed
             pass
+
+
+def refusal_headers(request_id: str, banner: Optional[bytes]) -> list[tuple[bytes, bytes]]:
+    """The headers of an error answered at the wire: its type, request ID and banner."""
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
+    if banner:
+        headers.append((b"server", banner))
+    return headers
 
 
 def chunk(data: bytes) -> bytes:

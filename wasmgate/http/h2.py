@@ -231,8 +231,9 @@ class H2ServerProtocol(Protocol):
         elif length is not None and length > self.settings.max_body_bytes:
             refusal = 413, b"request body too large\n"
         if refusal is not None:
-            self.factory.refused(self._record(method, pseudo.get(b":path", b"-"), *refusal))
-            stream.refuse(*refusal)
+            record = self._record(method, pseudo.get(b":path", b"-"), *refusal)
+            self.factory.refused(record)  # (which gives the record its request ID)
+            stream.refuse(*refusal, request_id=record.request_id)
             return
         body = None
         if not ended:

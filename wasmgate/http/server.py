@@ -269,11 +269,9 @@ class HTTP11ServerProtocol(Protocol):
         """The message is at the head of the queue: answer it now."""
         self._fresh = False
         if message.refusal is not None:
-            status, text = message.refusal
+            status, text, request_id = message.refusal
             message.keep_alive = False
-            headers = [(b"content-type", b"text/plain; charset=utf-8")]
-            if self.settings.banner:
-                headers.append((b"server", self.settings.banner))
+            headers = _wire.refusal_headers(request_id, self.settings.banner)
             message.respond(status, _wire.reason_phrase(status), headers, length=len(text), body=text)
             return
         assert message.request is not None
@@ -352,10 +350,11 @@ class HTTP11ServerProtocol(Protocol):
         if message.refusal is not None:
             return
         self._parsing = None
-        message.refusal = (status, text)
         message.keep_alive = False
         self._stop_reading()
-        self.factory.refused(self._record(message, status, text))
+        record = self._record(message, status, text)
+        self.factory.refused(record)  # (which gives the record its request ID)
+        message.refusal = (status, text, record.request_id)
         if message not in self._queue:
             self._queue.append(message)
         if self._queue[0] is message:

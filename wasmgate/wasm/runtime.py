@@ -74,6 +74,10 @@ class WasmRuntime:
             cache_dir=config.filters.cache_dir,
             fuel=any(p.fuel for p in config.plugins),
         )
+        if self.engine.path_note:
+            log.warn(
+                "filters are called on wasmtime's checked path (slower): {why}", why=self.engine.path_note
+            )
         self.state = state if state is not None else make_counter_store(config, reactor=reactor)
         self._sources: dict[WasmFilter, tuple[str, PluginConfig]] = {}
         # Digests being compiled or built right now (loads run in a thread,
