@@ -6,16 +6,15 @@ answered like any other, never a traceback. Real guests, built from WAT.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import pytest
 import pytest_twisted
-import wasmtime
 from twisted.logger import Logger
 
 from tests import wasm_guests as g
 from tests.conftest import CountingPool, chain_of
-from wasmgate.state import MemoryCounterStore
+from tests.test_wasm_filter import Recorder, make
 from wasmgate.wasm.abi_json import MAX_OUTPUT_BYTES
 from wasmgate.wasm.engine import WasmEngine
 from wasmgate.wasm.filter import FilterFailure, WasmFilter
@@ -78,19 +77,6 @@ _HEADER_OPEN, _HEADER_CLOSE = b'{"headers":{"x-big":"', b'"}}'
 def big_header(total: int) -> str:
     """A guest answering C{total} bytes: one header whose value fills the rest."""
     return answering([_HEADER_OPEN, (b"a", total - len(_HEADER_OPEN) - len(_HEADER_CLOSE)), _HEADER_CLOSE])
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.failed: list[tuple[str, str]] = []
-
-    def plugin_failed(self, plugin: str, kind: str) -> None:
-        self.failed.append((plugin, kind))
-
-
-def make(engine: WasmEngine, wat: str, name: str = "p", **kw: Any) -> WasmFilter:
-    kw.setdefault("state", MemoryCounterStore())
-    return WasmFilter(name=name, module=engine.compile(wasmtime.wat2wasm(wat)), engine=engine, **kw)
 
 
 def req(body: Optional[bytes] = None) -> FilterRequest:
