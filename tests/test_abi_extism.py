@@ -268,12 +268,25 @@ def test_non_blocking_payload_body_with_include_body() -> None:
         ('{"body": "%%%"}', "must be a base64 RequestPayload"),
         (json.dumps({"block": True, "status_code": 99}), "'status_code' must be an integer from 100 to 599"),
         (json.dumps({"headers": {"bad name": "x"}}), "invalid header name"),
+        ("[" * 20000 + "]" * 20000, "nested too deeply"),
+        (json.dumps({"body": _b64(b"[" * 15000 + b"]" * 15000)}), "must be a base64 RequestPayload"),
     ],
 )
 def test_bad_actions_are_bad_output(action: str, words: str) -> None:
     with pytest.raises(FilterFailure) as info:
         run_action(action)
     assert info.value.kind == "bad_output" and words in info.value.message
+
+
+def test_an_action_over_the_output_bound_is_bad_output_unparsed() -> None:
+    from wasmgate.wasm._extism_seed import apply_action
+    from wasmgate.wasm.abi_json import MAX_OUTPUT_BYTES
+
+    from wasmgate.wasm.failures import BadOutput
+
+    huge = b'{"headers": {"a": "' + b"x" * MAX_OUTPUT_BYTES + b'"}}'
+    with pytest.raises(BadOutput, match="over the 4194304 allowed"):
+        apply_action(huge, make_request(), "p", False)
 
 
 def test_config_values_are_strings() -> None:

@@ -44,7 +44,7 @@ import binascii
 import json
 from typing import Any, Optional, Union
 
-from wasmgate.wasm.abi_json import apply_request_action, headers_to_json
+from wasmgate.wasm.abi_json import MAX_OUTPUT_BYTES, apply_request_action, headers_to_json
 from wasmgate.wasm.failures import BadOutput
 from wasmgate.wasm.messages import Answer, Continue, FilterRequest
 
@@ -69,10 +69,18 @@ def apply_action(
     output: bytes, req: FilterRequest, plugin: str, include_body: bool
 ) -> Union[Answer, Continue]:
     """Validate the plugin's ResponseAction and apply it to C{req}."""
+    # As for JSON-ABI answers: a bound checked before parsing (room for a
+    # rewritten body in base64 twice over), and nesting too deep for the
+    # parser is bad output, not a traceback.
+    bound = max(MAX_OUTPUT_BYTES, 3 * len(req.body or b""))
+    if len(output) > bound:
+        raise BadOutput("output is %d bytes, over the %d allowed" % (len(output), bound))
     try:
         doc = json.loads(output)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadOutput("output is not valid JSON: %s" % (e,)) from None
+    except RecursionError:
+        raise BadOutput("output is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadOutput("output must be a JSON object, not %s" % (type(doc).__name__,))
     block = doc.get("block", False)
@@ -108,7 +116,7 @@ def _payload_change(body: Any, req: FilterRequest, include_body: bool) -> dict[s
         raise BadOutput("'body' must be a base64 string")
     try:
         payload = json.loads(base64.b64decode(body, validate=True))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise BadOutput(
             "a non-blocking action's 'body' must be a base64 RequestPayload (JSON with method, path, headers)"
         ) from None

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_wasm_filter,tests.test_abi_json_bounds -*-
 """
-The wasmgate JSON ABI (v1), see DESIGN.md.
+The wasmgate JSON ABI (v1); docs/abi.md is its reference.
 
 Guest exports C{memory}, C{wasmgate_alloc(len) -> ptr},
 C{handle_request(ptr, len) -> i64}, and optionally
