@@ -208,3 +208,33 @@ def test_counter_atomic_across_threads(engine: WasmEngine, pool: CountingPool):
 
     yield gatherResults([deferToThreadPool(reactor, pool, batch) for _ in range(n_threads)])
     assert store.get("c:hits") == n_threads * m
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_full_queue_never_keeps_an_instance_a_request_holds(engine, pool):
+    """
+    A request holding an http-wasm instance ends while the filter queue is
+    full (its response phase refused): giving the instance back is not
+    refused too, so with max_instances: 1 the next request is served.
+    """
+    import pytest
+
+    from tests import httpwasm_guests as h
+    from wasmgate.filterjobs import QueueFull
+
+    pinned = make(engine, h.STATEFUL, "pinned", max_instances=1)
+    chain = chain_of([pinned], pool)
+
+    def request() -> FilterRequest:
+        return FilterRequest(method="GET", path="/a", query="", headers=[("host", "h"), ("x-id", "1")], client_ip="192.0.2.1")
+
+    run = chain.begin(request())
+    outcome, _ = yield run.run_request()
+    assert isinstance(outcome, Continue)
+    chain.runner.max_queue = 0  # from now on the queue is full
+    with pytest.raises(QueueFull):
+        yield run.run_response(FilterResponse(200, [], b""))
+    yield run.finish()
+    chain.runner.max_queue = 1024
+    outcome, decisions = yield chain.begin(request()).run_request()
+    assert isinstance(outcome, Continue), outcomes(decisions)

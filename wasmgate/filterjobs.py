@@ -77,12 +77,16 @@ class BatchingRunner:
         self._done: deque[tuple[Deferred[Any], bool, Any]] = deque()
         self._delivering = False
 
-    def run(self, fn: Callable[..., T], *args: Any, lane: Hashable = None) -> "Deferred[T]":
-        """Run C{fn(*args)} in the pool; fires on the reactor thread."""
+    def run(self, fn: Callable[..., T], *args: Any, lane: Hashable = None, bounded: bool = True) -> "Deferred[T]":
+        """
+        Run C{fn(*args)} in the pool; fires on the reactor thread. Clean-up
+        that must happen whatever the load (giving back instances a request
+        holds) is not C{bounded}: refusing it would keep them held.
+        """
         d: Deferred[Any] = Deferred()
         cond = self._cond
         with cond:
-            if self._queued >= self.max_queue:
+            if bounded and self._queued >= self.max_queue:
                 self.rejected += 1
                 return fail(QueueFull("%d filter jobs are waiting already" % (self._queued,)))
             entry = self._lanes.get(lane)

@@ -153,7 +153,8 @@ class RequestRun:
         self.ended = True
         if not self.pins:
             return succeed(None)
-        return self.chain.runner.run(self.release_sync, lane=self.chain)
+        # Never refused by a full queue: the instances would stay held.
+        return self.chain.runner.run(self.release_sync, lane=self.chain, bounded=False)
 
     abandon = finish
 
