@@ -369,7 +369,7 @@ class Exchange(ResponseRelay):
             pending, self.pending = self.pending, None
             pending.cancel()
         if self.forward is not None:
-            self.forward.stop()
+            self.forward.detach()
         self.generation.request_finished()
         if self.run is not None:
             self.run.finish()  # http-wasm filters hold an instance until now
