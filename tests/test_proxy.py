@@ -211,6 +211,43 @@ async def test_chunked_body_over_limit_is_413(upstream, start_gateway):
     assert upstream.app.requests == 0
 
 
+@pytest.mark.parametrize("trailers", [
+    b"X-Big: " + b"a" * 1_000_000,  # one line that never ends
+    b"X-T: a\r\n" * 10_000,  # many small ones
+    b"",  # a chunk line whose extension never ends (below)
+], ids=["long-trailer", "many-trailers", "long-chunk-extension"])
+@pytest_twisted.ensureDeferred
+async def test_chunk_framing_and_trailers_are_bounded_like_a_head(upstream, start_gateway, trailers):
+    """
+    What a chunked body carries besides its data (chunk lines, trailers) is
+    bounded by the head limits (give or take one read): past them the
+    body is malformed, the
+    client gets a 400 and the upstream request, already streaming, is reset
+    (it never gets a whole request).
+    """
+    gw = start_gateway(gateway_yaml(upstream.url))
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    rest = b"0\r\n" + trailers if trailers else b"5;ext=" + b"e" * 1_000_000
+    answer = await threads.deferToThread(_raw_exchange, _port(gw.url), head, then=rest)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert answer.endswith(b"malformed request body\n")
+    assert upstream.app.requests == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_few_trailers_pass_and_are_not_forwarded(upstream, start_gateway):
+    gw = start_gateway(gateway_yaml(upstream.url))
+    answer = await threads.deferToThread(
+        _raw_exchange, _port(gw.url),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert echoed["body"] == "hello"
+    assert "x-trailer" not in echoed["headers"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_body_at_the_limit_passes(upstream, start_gateway, http):
     gw = start_gateway(gateway_yaml(upstream.url, server="  max_body_bytes: 1000"))

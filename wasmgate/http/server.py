@@ -145,6 +145,11 @@ class HTTP11ServerProtocol(Protocol):
         if self._discarding or self.closing:
             return
         self._last_read = self.clock.seconds()
+        parsing = self._parsing
+        if parsing is not None and parsing.headers_done:
+            # Past the head, every byte not handed over as body is framing:
+            # chunk lines and trailers, bounded like a head (on_body resets).
+            parsing.wire_bytes += len(data)
         try:
             try:
                 self._parser.feed_data(data)
@@ -186,11 +191,19 @@ class HTTP11ServerProtocol(Protocol):
             self._refuse(message, 400, b"malformed request: %s\n" % (why,))
             return
         parsing = self._parsing
-        if parsing is not None and not parsing.headers_done:
+        if parsing is None:
+            return
+        settings = self.settings
+        if parsing.headers_done:
+            if parsing.wire_bytes > settings.max_request_line + settings.max_header_bytes and parsing.body is not None:
+                parsing.keep_alive = False
+                self._parsing = None
+                self._stop_reading()
+                parsing.body.fail(BodyMalformed("chunk framing or trailers too large"))
+        else:
             # A head still coming in: bound what it may take before llhttp
             # has a whole line to hand over.
             parsing.wire_bytes += len(data)
-            settings = self.settings
             if parsing.url_size > settings.max_request_line:
                 self._refuse(parsing, 414, b"request line too long\n")
             elif parsing.wire_bytes > settings.max_request_line + settings.max_header_bytes:
@@ -215,7 +228,10 @@ class HTTP11ServerProtocol(Protocol):
         message = self._parsing
         assert message is not None
         if message.headers_done:
-            return  # a trailer: not passed on
+            # A trailer: not passed on, but counted with the body's framing
+            # (a whole read of them may come with the head, before any check).
+            message.wire_bytes += len(name) + len(value) + 4
+            return
         message.headers.append((name.lower(), value))
         message.header_bytes += len(name) + len(value) + 4
         settings = self.settings
@@ -227,6 +243,7 @@ class HTTP11ServerProtocol(Protocol):
         message = self._parsing
         assert message is not None
         message.headers_done = True
+        message.wire_bytes = 0
         if self._secure and self._sni is None:
             self._sni = server_name(self.transport)  # (the handshake is done by now)
         refusal = check_head(
@@ -246,6 +263,7 @@ class HTTP11ServerProtocol(Protocol):
         message = self._parsing
         assert message is not None and message.body is not None
         body = message.body
+        message.wire_bytes = 0
         body.data(data)
         if body.failure is not None:
             # Over the limit: the exchange answers 413; nothing more is read.
