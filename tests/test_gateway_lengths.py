@@ -217,3 +217,43 @@ def test_framing_headers_from_filters_are_dropped_in_any_case():
 
     headers = [("Content-Length", "5"), ("content-length", "1"), ("TRANSFER-Encoding", "chunked"), ("X-A", "b")]
     assert from_filters(headers) == [(b"X-A", b"b")]
+
+
+def _reading_config(tmp_path: Path, upstream_url: str) -> str:
+    """A route whose response filter reads the body (so the gateway collects it first)."""
+    return f"""
+server: {{listen: "tcp:0:interface=127.0.0.1"}}
+admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+plugins:
+  - {{name: reads, path: {_wasm(tmp_path, "reads", guests.RESPONSE_HEADER)}, include_body: true}}
+routes:
+  - {{name: reads, match: {{path_prefix: /}}, filters: [reads], upstream: backend}}
+upstreams:
+  backend: {{targets: ["{upstream_url}"]}}
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_and_304_keep_the_upstreams_length_through_a_body_reading_filter(
+    tmp_path, recording, start_gateway
+):
+    """
+    A response filter that reads bodies gets an empty one for a HEAD or a
+    304: the client still gets the upstream's Content-Length (the length of
+    the representation), never a made-up 0, and no body.
+    """
+    for answer, request, expected in [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n", b"HEAD", [b"20"]),
+        (b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n', b"GET", []),
+        (b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 20\r\n\r\n', b"GET", [b"20"]),
+    ]:
+        _, url = recording(answer)
+        gw = start_gateway(_reading_config(tmp_path, url))
+        raw = await threads.deferToThread(
+            raw_http.exchange, _port(gw), request + b" /r HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        first, headers, rest = raw_http.split(raw)
+        assert raw_http.values(headers, b"x-response-filtered") == [b"yes"], raw
+        assert raw_http.values(headers, b"content-length") == expected, raw
+        assert raw_http.values(headers, b"transfer-encoding") == [], raw
+        assert rest == b"", raw

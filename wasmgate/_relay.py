@@ -197,7 +197,10 @@ class ResponseRelay:
                 body = resp.body if resp.body is not None else b"".join(self._collected or ())
                 self._collected = self._held = None
                 forward.stop()  # done with it (or its body is replaced)
-                self.channel.respond(resp.status, phrase, out, length=len(body), body=body)
+                size: Optional[int] = len(body)
+                if resp.status == 304 or (not body and self.request.method == b"HEAD"):
+                    size = length  # no body came: the upstream's length stands
+                self.channel.respond(resp.status, phrase, out, length=size, body=body)
                 self._finish()
                 return
             held, self._held = self._held or [], None
