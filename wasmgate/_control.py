@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_control,tests.test_workers -*-
+# -*- test-case-name: tests.test_workers -*-
 """
 The channel between a supervisor and one of its workers: JSON lines over a
 pair of pipes. Either end may call the other (C{{"id", "op", ...}},

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_http_upstream -*-
+# -*- test-case-name: tests.test_proxy,tests.test_http_conformance -*-
 """
 The upstream side: keep-alive connections to targets, one request at a
 time each, responses parsed with llhttp (C{httptools}).
