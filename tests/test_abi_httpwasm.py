@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import socket
 import time
-from typing import Any
 
 import pytest
 import pytest_twisted
@@ -19,7 +18,6 @@ from twisted.internet import reactor, task, threads
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.conftest import gateway_yaml, read_until_closed
-from tests.recording_upstream import OK
 
 
 def _exchange(port: int, data: bytes, *, then: bytes = b"", pause: float = 0.0) -> bytes:
