@@ -241,9 +241,19 @@ class SupervisorService(service.MultiService):
             if isinstance(error, ControlError) and error.problems:
                 raise ConfigError.of_lines(source, error.problems)
             raise error
-        yield defer.DeferredList([s.call("commit") for s in prepared], consumeErrors=True)
-        for slot in prepared:
-            slot.config_text = text
+        commits = yield defer.DeferredList([s.call("commit") for s in prepared], consumeErrors=True)
+        for slot, (ok, result) in zip(prepared, commits):
+            if ok:
+                slot.config_text = text
+            elif slot.alive:
+                # Prepared but not committed: its state is unknown, and a
+                # worker that differs from the rest must not serve. A fresh
+                # one starts on the new config.
+                log.error(
+                    "worker {i} (pid {pid}) failed to commit generation: {error}; restarting it",
+                    i=slot.index, pid=slot.pid, error=result.getErrorMessage(),
+                )
+                slot.signal("TERM")
 
     def _catch_up(self, slot: WorkerSlot) -> None:
         """A worker started on a config a reload has since replaced: move it too."""
