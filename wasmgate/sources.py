@@ -21,44 +21,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-import ssl
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 
 from wasmgate._files import write_atomically
+from wasmgate._sourcefetch import FetchError, shown_url
+from wasmgate._sourcehttps import fetch_https, get_https_sync, https_client
+from wasmgate._sources3 import S3ClientFactory, default_s3_client, get_s3
 from wasmgate.config import PluginConfig
 from wasmgate.wasm.filter import PluginLoadError
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-_USER_AGENT = "wasmgate-plugin-fetch"
 
-S3ClientFactory = Callable[[Optional[str]], Any]
-"""C{factory(endpoint_url or None) -> a boto3 S3 client}."""
-
-
-class _FetchError(Exception):
-    """The remote copy could not be had (network, HTTP status, S3 error)."""
-
-
-@dataclass(frozen=True)
-class _S3Location:
-    bucket: str
-    key: str
-    endpoint_url: Optional[str]
-    version_id: Optional[str]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT", "PluginSource", "S3ClientFactory", "fetch_plugin"]
 
 
 class PluginSource:
@@ -97,7 +79,7 @@ class PluginSource:
         self.max_bytes = max_bytes
         self._tls_policy = tls_policy
         self._treq = treq_client
-        self._s3_factory = s3_client_factory or _default_s3_client
+        self._s3_factory = s3_client_factory or default_s3_client
         self._log = log if log is not None else Logger(namespace=__name__, source=self)
 
     # -- the three entry points
@@ -146,7 +128,7 @@ class PluginSource:
                 data = self._get_https_sync(plugin)
             else:
                 data = self._get_s3(plugin)
-        except _FetchError as e:
+        except FetchError as e:
             return self._fall_back(plugin, str(e), cached, cache)
         return self._fetched(plugin, data, cache)
 
@@ -163,81 +145,20 @@ class PluginSource:
 
     def _client(self) -> Any:
         if self._treq is None:
-            from treq.client import HTTPClient
-
             if self._tls_policy is None:
                 from wasmgate.tls import upstream_tls_policy
 
                 self._tls_policy = upstream_tls_policy(ca_file=self.ca_file, name="plugin source")
-            # Not persistent: fetches are rare, no idle connection is kept.
-            pool = HTTPConnectionPool(self.reactor, persistent=False)
-            agent = Agent(
-                self.reactor, contextFactory=self._tls_policy, pool=pool, connectTimeout=self.timeout
-            )
-            self._treq = HTTPClient(agent)
+            self._treq = https_client(self.reactor, self._tls_policy, self.timeout)
         return self._treq
 
     def _fetch_https(self, plugin: PluginConfig) -> Deferred[bytes]:
-        from treq import collect
-
-        url = plugin.path
-        shown = _shown(url)
-        try:
-            client = self._client()
-        except ValueError as e:  # an unreadable ca_file
-            return defer.fail(PluginLoadError(plugin.name, f"{shown}: {e}"))
-        d = client.get(
-            url, headers={"User-Agent": [_USER_AGENT]}, timeout=self.timeout, reactor=self.reactor
+        return fetch_https(
+            plugin, self._client, reactor=self.reactor, timeout=self.timeout, max_bytes=self.max_bytes
         )
 
-        def got(response: Any) -> Deferred[bytes]:
-            final = getattr(getattr(response, "request", None), "absoluteURI", b"") or b""
-            if final and not final.startswith(b"https://"):
-                response.deliverBody(_Ignore())
-                raise _FetchError(f"{shown} redirected to a non-https URL")
-            if not 200 <= response.code < 300:
-                response.deliverBody(_Ignore())
-                phrase = response.phrase.decode("latin-1", "replace")
-                raise _FetchError(f"GET {shown} answered HTTP {response.code} {phrase}".rstrip())
-            parts: list[bytes] = []
-            size = [0]
-
-            def collector(data: bytes) -> None:
-                size[0] += len(data)
-                if size[0] > self.max_bytes:
-                    raise _FetchError(f"{shown} is larger than {self.max_bytes} bytes")
-                parts.append(data)
-
-            return collect(response, collector).addCallback(lambda _: b"".join(parts))
-
-        def failed(reason: Failure) -> Failure:
-            if reason.check(_FetchError):
-                return reason
-            raise _FetchError(f"cannot fetch {shown}: {_network_error(reason, self.timeout)}")
-
-        return d.addCallback(got).addErrback(failed)
-
     def _get_https_sync(self, plugin: PluginConfig) -> bytes:
-        shown = _shown(plugin.path)
-        try:
-            context = ssl.create_default_context(cafile=self.ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise PluginLoadError(plugin.name, f"{shown}: cannot use ca_file {self.ca_file}: {e}") from None
-        request = urllib.request.Request(plugin.path, headers={"User-Agent": _USER_AGENT})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
-                if not response.geturl().startswith("https://"):
-                    raise _FetchError(f"{shown} redirected to a non-https URL")
-                data = response.read(self.max_bytes + 1)
-        except urllib.error.HTTPError as e:
-            raise _FetchError(f"GET {shown} answered HTTP {e.code} {e.reason}".rstrip()) from None
-        except urllib.error.URLError as e:
-            raise _FetchError(f"cannot fetch {shown}: {_first_line(e.reason)}") from None
-        except (OSError, ssl.SSLError) as e:  # timeouts, resets
-            raise _FetchError(f"cannot fetch {shown}: {_first_line(e)}") from None
-        if len(data) > self.max_bytes:
-            raise _FetchError(f"{shown} is larger than {self.max_bytes} bytes")
-        return data
+        return get_https_sync(plugin, ca_file=self.ca_file, timeout=self.timeout, max_bytes=self.max_bytes)
 
     # -- s3
 
@@ -245,33 +166,7 @@ class PluginSource:
         return self._in_thread(self._get_s3, plugin)
 
     def _get_s3(self, plugin: PluginConfig) -> bytes:
-        where = _s3_location(plugin)
-        shown = _shown(plugin.path)
-        try:
-            from botocore.exceptions import BotoCoreError, ClientError
-        except ImportError:
-            raise PluginLoadError(
-                plugin.name, f"{shown}: s3:// plugin sources need boto3 (the 's3' extra)"
-            ) from None
-        try:
-            client = self._s3_factory(where.endpoint_url)
-            extra = {"VersionId": where.version_id} if where.version_id else {}
-            answer = client.get_object(Bucket=where.bucket, Key=where.key, **extra)
-            length = answer.get("ContentLength")
-            if length is not None and length > self.max_bytes:
-                answer["Body"].close()
-                raise _FetchError(f"{shown} is larger than {self.max_bytes} bytes")
-            with answer["Body"] as body:
-                return body.read()  # type: ignore[no-any-return]
-        except ClientError as e:
-            error = e.response.get("Error", {})
-            code = error.get("Code", "?")
-            message = error.get("Message") or ""
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            detail = f"S3 error {code}" + (f" (HTTP {status})" if status else "")
-            raise _FetchError(f"cannot fetch {shown}: {detail}{': ' + message if message else ''}") from None
-        except BotoCoreError as e:  # no credentials, endpoint unreachable, ...
-            raise _FetchError(f"cannot fetch {shown}: {_first_line(e)}") from None
+        return get_s3(plugin, self._s3_factory, self.max_bytes)
 
     # -- pins and the cache
 
@@ -294,21 +189,21 @@ class PluginSource:
         return data
 
     def _fetched(self, plugin: PluginConfig, data: bytes, cache: Optional[str]) -> bytes:
-        _verify(plugin, data, _shown(plugin.path))
+        _verify(plugin, data, shown_url(plugin.path))
         if cache is not None:
             try:
                 write_atomically(cache, data)
             except OSError as e:
                 self._log.warn(
                     "plugin {name}: cannot cache {url} in {dir}: {error}",
-                    name=plugin.name, url=_shown(plugin.path), dir=self.cache_dir, error=e,
+                    name=plugin.name, url=shown_url(plugin.path), dir=self.cache_dir, error=e,
                 )
         return data
 
     def _failed(
         self, reason: Failure, plugin: PluginConfig, cached: Optional[bytes], cache: Optional[str]
     ) -> Any:
-        if not reason.check(_FetchError):
+        if not reason.check(FetchError):
             return reason
         return self._fall_back(plugin, str(reason.value), cached, cache)
 
@@ -359,7 +254,7 @@ def _kind(plugin: PluginConfig) -> str:
     if plugin.path.startswith("s3://"):
         return "s3"
     if "://" in plugin.path:
-        raise PluginLoadError(plugin.name, f"{_shown(plugin.path)}: only https:// and s3:// URLs are supported")
+        raise PluginLoadError(plugin.name, f"{shown_url(plugin.path)}: only https:// and s3:// URLs are supported")
     return "file"
 
 
@@ -384,71 +279,3 @@ def _verify(plugin: PluginConfig, data: bytes, where: str) -> bytes:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _s3_location(plugin: PluginConfig) -> _S3Location:
-    parts = urlsplit(plugin.path)
-    key = unquote(parts.path.lstrip("/"))
-    if not parts.netloc or not key:
-        raise PluginLoadError(plugin.name, f"{_shown(plugin.path)}: expected s3://BUCKET/KEY")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"endpoint_url", "version_id"})
-    if unknown:
-        raise PluginLoadError(
-            plugin.name,
-            f"{_shown(plugin.path)}: unknown parameter(s) {', '.join(unknown)}"
-            " (known: endpoint_url, version_id)",
-        )
-    return _S3Location(
-        bucket=parts.netloc,
-        key=key,
-        endpoint_url=query.get("endpoint_url", [None])[-1],
-        version_id=query.get("version_id", [None])[-1],
-    )
-
-
-def _default_s3_client(endpoint_url: Optional[str]) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    # A session per client: boto3's default session is not thread-safe.
-    session = boto3.session.Session()
-    config = Config(connect_timeout=10, read_timeout=30, retries={"max_attempts": 3})
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
-
-
-def _shown(url: str) -> str:
-    """A URL for messages: without a query string (it may hold a signature)."""
-    return urlunsplit(urlsplit(url)._replace(query="", fragment=""))
-
-
-def _network_error(reason: Failure, timeout: float) -> str:
-    from twisted.internet.error import TimeoutError as TwistedTimeout
-
-    if reason.check(defer.CancelledError, TwistedTimeout):
-        return f"no answer within {timeout:g}s"
-    value = reason.value
-    inner = getattr(value, "reasons", None)  # ResponseNeverReceived & co.
-    if inner:
-        value = inner[0].value
-        if isinstance(value, defer.CancelledError):
-            return f"no answer within {timeout:g}s"
-    from OpenSSL import SSL
-
-    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
-        # [('SSL routines', '', 'certificate verify failed')] -> its reasons
-        reasons = [r[-1] for r in value.args[0] if isinstance(r, tuple) and r]
-        return "TLS handshake failed: " + ("; ".join(reasons) or "unknown error")
-    return _first_line(value)
-
-
-def _first_line(e: Any) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-class _Ignore(Protocol):
-    """Drop a body we will not read (and its connection)."""
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()
