@@ -297,3 +297,78 @@ async def test_goaway_on_drain_lets_open_streams_finish(tmp_path, upstream, star
         pytest.skip("this curl has no HTTP/2")
     assert done.stdout.startswith(b"HTTP/2 200") and done.stdout.endswith(b"slow"), done.stdout + done.stderr
     assert time.monotonic() - started < 3
+
+
+def _mismatched_host(port: int) -> tuple[Any, dict[str, Any]]:
+    client = H2Client(port)
+    client.conn.config.validate_outbound_headers = False  # (a hostile client does not check)
+    try:
+        sid = client.request("/echo", authority="public.example.com", headers=[("host", "secure.example.com")])
+        client.until(lambda: client.responses[sid]["ended"] or client.responses[sid]["reset"] is not None)
+        return client.terminated, client.responses[sid]
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_that_differs_from_authority_is_malformed(upstream, start_gateway):
+    """
+    RFC 9113 8.3.1: a Host naming another entity than :authority makes the
+    request malformed; it is never routed by one and forwarded with the
+    other. (python-hyper's h2 refuses the whole connection.)
+    """
+    gw = start_gateway(gateway_yaml(upstream.url, server="  h2c: true"))
+    terminated, response = await threads.deferToThread(_mismatched_host, _port(gw))
+    assert response["status"] is None
+    assert terminated is not None and terminated.error_code == 1  # PROTOCOL_ERROR
+    assert upstream.app.requests == 0
+
+
+def _grpc_call(port: int, content_type: str) -> dict[str, Any]:
+    client = H2Client(port)
+    try:
+        return client.get(
+            "/pkg.Service/Method", method="POST", body=b"\0\0\0\0\0",
+            headers=[("content-type", content_type), ("te", "trailers")],
+        )
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_grpc_is_refused_in_grpcs_own_terms(upstream, start_gateway):
+    """
+    gRPC needs HTTP/2 and trailers end to end, which the gateway does not
+    proxy: a gRPC client gets UNIMPLEMENTED with a reason (a Trailers-Only
+    response), the upstream nothing. gRPC-Web is plain HTTP and passes.
+    """
+    gw = start_gateway(gateway_yaml(upstream.url, server="  h2c: true"))
+    response = await threads.deferToThread(_grpc_call, _port(gw), "application/grpc+proto")
+    headers = dict(response["headers"])
+    assert response["status"] == 200 and response["ended"] and response["body"] == b""
+    assert headers[b"grpc-status"] == b"12"
+    assert b"gRPC is not proxied" in headers[b"grpc-message"]
+    assert headers[b"x-request-id"]
+    assert upstream.app.requests == 0
+    web = await threads.deferToThread(_grpc_call, _port(gw), "application/grpc-web+proto")
+    assert web["status"] == 200 and b"grpc-status" not in dict(web["headers"])
+    assert upstream.app.requests == 1
+
+
+def _oversized(port: int) -> list[Any]:
+    client = H2Client(port)
+    try:
+        long_path = client.get("/" + "a" * 9000)
+        many = client.get("/echo", headers=[(f"x-h{i}", "v") for i in range(101)])
+        fine = client.get("/echo", headers=[(f"x-h{i}", "v") for i in range(90)])
+        return [long_path["status"], many["status"], fine["status"]]
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_line_and_header_count_limits_as_for_http11(upstream, start_gateway):
+    """A :path over 8 KiB is a 414, over 100 header fields a 431, as over HTTP/1.1; the connection goes on."""
+    gw = start_gateway(gateway_yaml(upstream.url, server="  h2c: true"))
+    assert await threads.deferToThread(_oversized, _port(gw)) == [414, 431, 200]
+    assert upstream.app.requests == 1

@@ -165,6 +165,15 @@ class H2Stream:
             length=len(text), body=text,
         )
 
+    def refuse_grpc(self, message: bytes, *, request_id: str = "") -> None:
+        """
+        Refused in gRPC's own terms, a Trailers-Only response: a gRPC
+        client reports UNIMPLEMENTED with C{message}, not a protocol error.
+        """
+        headers = [(b"content-type", b"application/grpc"), (b"grpc-status", b"12"), (b"grpc-message", message)]
+        headers += [h for h in _wire.refusal_headers(request_id, self.protocol.settings.banner) if h[0] != b"content-type"]
+        self.respond(200, b"OK", headers, length=None, body=b"")
+
     def pause_upstream_with(self, producer: IPushProducer) -> None:
         self._producer = producer
         if self._pending or self.protocol.write_paused:

@@ -226,14 +226,24 @@ class H2ServerProtocol(Protocol):
         stream = H2Stream(self, stream_id, head_only=method == b"HEAD")
         self.streams[stream_id] = stream
         refusal = None
+        settings = self.settings
         if method == b"CONNECT":
             refusal = 405, b"CONNECT is not supported\n"
-        elif length is not None and length > self.settings.max_body_bytes:
+        elif len(pseudo.get(b":path", b"")) > settings.max_request_line:
+            refusal = 414, b"request line too long\n"  # (the limits of HTTP/1.1, the same for every client)
+        elif len(fields) > settings.max_headers:
+            refusal = 431, b"request headers too large\n"
+        elif length is not None and length > settings.max_body_bytes:
             refusal = 413, b"request body too large\n"
+        elif _is_grpc(fields):
+            refusal = 501, GRPC_REFUSAL
         if refusal is not None:
             record = self._record(method, pseudo.get(b":path", b"-"), *refusal)
             self.factory.refused(record)  # (which gives the record its request ID)
-            stream.refuse(*refusal, request_id=record.request_id)
+            if refusal[1] is GRPC_REFUSAL:
+                stream.refuse_grpc(GRPC_REFUSAL.strip(), request_id=record.request_id)
+            else:
+                stream.refuse(*refusal, request_id=record.request_id)
             return
         body = None
         if not ended:
@@ -358,3 +368,15 @@ class H2ServerProtocol(Protocol):
                 stream.write_stalled()
         self.flush()
         self._arm()
+
+
+GRPC_REFUSAL = b"gRPC is not proxied by this gateway (upstreams get HTTP/1.1)\n"
+
+
+def _is_grpc(fields: list[tuple[bytes, bytes]]) -> bool:
+    """A gRPC call (not gRPC-Web, which is plain HTTP and proxied as such)."""
+    for name, value in fields:
+        if name == b"content-type":
+            kind = value.lower()
+            return kind.startswith(b"application/grpc") and not kind.startswith(b"application/grpc-web")
+    return False
