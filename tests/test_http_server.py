@@ -130,6 +130,20 @@ def test_expect_100_continue_only_once_the_body_is_wanted() -> None:
     assert status_line(c.out()) == b"HTTP/1.1 200 OK" and not c.closed
 
 
+def test_an_http10_clients_100_continue_is_ignored() -> None:
+    """RFC 9110 10.1.1: no 417 and no interim response; the body is read as it comes."""
+    c = Connection()
+    c.send(b"POST /up HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    (t,) = c.taken
+    collected: list[bytes] = []
+    assert t.request.body is not None
+    t.request.body.collect().addCallback(collected.append)
+    c.send(b"hello")
+    assert collected == [b"hello"]
+    t.ok()
+    assert status_line(c.out()) == b"HTTP/1.1 200 OK"
+
+
 def test_answered_without_reading_the_body_means_no_100_and_a_close() -> None:
     c = Connection()
     c.send(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")

@@ -60,9 +60,10 @@ def check_head(
                 return 400, b"Transfer-Encoding in an HTTP/1.0 request\n"
             chunked = True
         elif name == b"expect":
-            if value.strip().lower() != b"100-continue" or not message.version11:
+            if value.strip().lower() != b"100-continue":
                 return 417, b"unsupported expectation\n"
-            message.expect_continue = True
+            # (RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored.)
+            message.expect_continue = message.version11
     if hosts > 1 or (hosts == 0 and message.version11):
         return 400, b"a request needs exactly one Host header\n"
     if length is not None and length > settings.max_body_bytes:
