@@ -403,9 +403,17 @@ async def test_access_log_off(tmp_path, upstream, start_gateway, http):
     assert not [e for e in events if e.get("log_namespace") == "wasmgate.access"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest_twisted.ensureDeferred
-async def test_systemd_socket_activation(tmp_path, upstream):
-    """The listening socket comes from systemd (LISTEN_FDS), not from us."""
+async def test_systemd_socket_activation(tmp_path, upstream, workers):
+    """
+    The listening socket comes from systemd (LISTEN_FDS), not from us; with
+    workers the supervisor hands it to each, and READY=1 comes once all are.
+    """
+    address = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(address)
+    notify.settimeout(30)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -414,6 +422,7 @@ async def test_systemd_socket_activation(tmp_path, upstream):
     config.write_text(f"""
 server:
   listen: "systemd:domain=INET:index=0"
+  workers: {workers}
 admin: {{listen: "tcp:0:interface=127.0.0.1"}}
 routes:
   - {{match: {{path_prefix: /}}, upstream: backend}}
@@ -426,7 +435,11 @@ upstreams:
         os.dup2(fd, 3)
 
     process = subprocess.Popen(
-        ["/bin/sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "{TWISTD}" --pidfile= -n wasmgate -c "{config}"'],
+        [
+            "/bin/sh", "-c",
+            f'NOTIFY_SOCKET={address} LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http '
+            f'exec "{TWISTD}" --pidfile= -n wasmgate -c "{config}"',
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         pass_fds=(fd, 3),
@@ -435,6 +448,10 @@ upstreams:
     )
     listener.close()
     try:
+        ready = (await threads.deferToThread(notify.recv, 4096)).decode()
+        assert ready.startswith("READY=1"), ready
+        if workers > 1:
+            assert f"{workers} workers" in ready, ready
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -446,6 +463,7 @@ upstreams:
                 await _sleep(0.1)
         assert status == 200 and json.loads(body)["uri"] == "/echo"
     finally:
+        notify.close()
         process.terminate()
         await threads.deferToThread(process.wait, 20)
 

@@ -140,7 +140,7 @@ class Exchange(ResponseRelay):
         record.sni = request.server_name
         try:
             host, raw_path, query = split_target(request.target, request.header(b"host"))
-            record.path = raw_path
+            record.host, record.path = host, raw_path
             path = normalize_path(raw_path)
             if ";" in path and self.generation.config.server.path_params == "reject":
                 raise BadPath("path parameters (';') are not accepted here")
@@ -168,7 +168,6 @@ class Exchange(ResponseRelay):
             trusted=self.generation.config.server.trusted_proxies, drop=drop,
         )
         record.client_ip = sent.client_ip
-        record.host = host
         record.request_id = (
             (sent.trusted and sane_request_id(sent.request_id)) or self.gateway.ids.next()
         ).decode("latin-1")
