@@ -30,7 +30,9 @@ AccessSink = Callable[[str], None]
 
 def access_line(info: "RequestRecord", duration: float) -> str:
     """
-    One request as a JSON line: no request headers, no query string. Times
+    One request as a JSON line. Of the request's headers only the host it
+    was routed by and the User-Agent; no query string (a request refused
+    while its head was read logs its raw target, cut to 200 characters). Times
     in milliseconds: the whole exchange, the upstream's part (from sending
     to the end of its response) and each filter phase's.
     """
