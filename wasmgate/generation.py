@@ -127,7 +127,7 @@ def build_generation(
         idle_timeout=config.server.timeouts.idle,
         # Idle kept-alive connections per target; a capped upstream needs no more.
         max_idle_per_target=max(
-            (u.max_connections_per_target or 64 for u in config.upstreams.values()), default=64
+            (u.max_connections_per_target or 1024 for u in config.upstreams.values()), default=1024
         ),
     )
     upstreams = make_upstreams(
