@@ -80,6 +80,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
+        _wire.no_delay(transport)  # (else a TLS 1.3 session ticket's ACK holds the first response ~40 ms)
         self._secure = ISSLTransport.providedBy(transport)
         peer = transport.getPeer()
         self._peer_host = getattr(peer, "host", "") or ""

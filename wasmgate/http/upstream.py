@@ -280,6 +280,7 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
+        _wire.no_delay(self.transport)  # a request's head and its streamed body go in separate writes
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.connected = False
