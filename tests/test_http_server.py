@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from wasmgate.http.message import BodyTimedOut, BodyTooLarge, IncomingRequest
+from wasmgate.http.message import BodyMalformed, BodyTimedOut, BodyTooLarge, IncomingRequest
 from wasmgate.http._h1message import Message
 from wasmgate.http.factory import HTTPServerFactory, ServerSettings
 
@@ -209,6 +209,37 @@ def test_chunked_body_past_the_limit_fails_and_reading_stops() -> None:
     c.send(b"5\r\nabcde\r\n5\r\nfghij\r\n")
     assert failures and failures[0].check(BodyTooLarge)
     assert c.transport.producerState == "paused"
+
+
+def _chunked_post(c: "Connection") -> tuple[Any, list[Any], list[bytes]]:
+    c.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    (t,) = c.taken
+    failures: list[Any] = []
+    got: list[bytes] = []
+    t.request.body.collect().addCallbacks(got.append, failures.append)
+    return t, failures, got
+
+
+def test_trailers_in_small_reads_are_counted_once() -> None:
+    """60 KB of trailers in 16 KiB reads (a TLS record each): under the 72 KiB bound, so the body is whole."""
+    c = Connection()
+    t, failures, got = _chunked_post(c)
+    rest = b"5\r\nhello\r\n0\r\n" + (b"X-T: " + b"a" * 100 + b"\r\n") * 560 + b"\r\n"
+    for i in range(0, len(rest), 16384):
+        c.send(rest[i : i + 16384])
+    assert failures == [] and got == [b"hello"]
+
+
+def test_reads_after_the_framing_bound_are_ignored_not_a_crash() -> None:
+    """Past the bound the body fails; what a TLS transport still hands over after the pause is dropped."""
+    c = Connection()
+    t, failures, got = _chunked_post(c)
+    c.send(b"5\r\nhello\r\n0\r\n")
+    c.send(b"X-T: a\r\n" * 10_000)
+    assert failures and failures[0].check(BodyMalformed)
+    assert c.transport.producerState == "paused"
+    c.send(b"X-T: a\r\n" * 100)  # (no exception: the parser is not fed any more)
+    assert len(failures) == 1
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,7 @@ class HTTP11ServerProtocol(Protocol):
         self._peer_port = 0
         self._deadline = Deadline(self.clock, self._timed_out)
         self._discarding = False
+        self._read_counted = False
         self._completed: Optional[Message] = None
         """The request whose body ended last (an upgrade's, when llhttp stops)."""
         self._tunnel: Optional[Tunnel] = None
@@ -143,11 +144,12 @@ class HTTP11ServerProtocol(Protocol):
         if self._tunnel is not None:
             self._tunnel.from_client(data)
             return
-        if self._discarding or self.closing:
-            return
+        if self._discarding or self.closing or "stopped" in self._pauses:
+            return  # (a TLS transport may still hand over what it had decrypted)
         self._last_read = self.clock.seconds()
         parsing = self._parsing
-        if parsing is not None and parsing.headers_done:
+        self._read_counted = parsing is not None and parsing.headers_done
+        if self._read_counted:
             # Past the head, every byte not handed over as body is framing:
             # chunk lines and trailers, bounded like a head (on_body resets).
             parsing.wire_bytes += len(data)
@@ -230,8 +232,9 @@ class HTTP11ServerProtocol(Protocol):
         assert message is not None
         if message.headers_done:
             # A trailer: not passed on, but counted with the body's framing
-            # (a whole read of them may come with the head, before any check).
-            message.wire_bytes += len(name) + len(value) + 4
+            # when its read was not (it came with the head, before any check).
+            if not self._read_counted:
+                message.wire_bytes += len(name) + len(value) + 4
             return
         message.headers.append((name.lower(), value))
         message.header_bytes += len(name) + len(value) + 4
