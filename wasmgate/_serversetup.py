@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorCore, IStreamServerEndpoint
 
 from wasmgate.config import ConfigError, GatewayConfig
 from wasmgate.http.factory import ServerSettings
+from wasmgate.http.upstream import MAX_IDLE_UPSTREAM
 from wasmgate.tls import CertificateError, CertificateStore, TLSMetrics, certificate_specs
 
 InheritedSocket = tuple[int, int]
@@ -142,7 +143,8 @@ def raise_fd_limit() -> int:
 def default_max_connections() -> int:
     """
     C{server.max_connections} when not set: half the file descriptors left
-    after a reserve (each client connection may need an upstream one too),
-    so the gateway turns clients away before it runs out of descriptors.
+    after a reserve (256, and the upstream pool's idle connections) (each
+    client connection may need an upstream one too), so the gateway turns
+    clients away before it runs out of descriptors.
     """
-    return max(64, (raise_fd_limit() - 256) // 2)
+    return max(64, (raise_fd_limit() - 256 - MAX_IDLE_UPSTREAM) // 2)

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.web.iweb import IPolicyForHTTPS
 
 from wasmgate.config import GatewayConfig, UpstreamConfig
-from wasmgate.http.upstream import UpstreamPool
+from wasmgate.http.upstream import MAX_IDLE_UPSTREAM, UpstreamPool
 from wasmgate.routing import Router
 from wasmgate.upstream import Upstream, make_upstreams
 
@@ -127,7 +127,8 @@ def build_generation(
         idle_timeout=config.server.timeouts.idle,
         # Idle kept-alive connections per target; a capped upstream needs no more.
         max_idle_per_target=max(
-            (u.max_connections_per_target or 1024 for u in config.upstreams.values()), default=1024
+            (u.max_connections_per_target or MAX_IDLE_UPSTREAM for u in config.upstreams.values()),
+            default=MAX_IDLE_UPSTREAM,
         ),
     )
     upstreams = make_upstreams(

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy,tests.test_http_conformance -*-
+# -*- test-case-name: tests.test_upstream_pool,tests.test_proxy,tests.test_http_conformance -*-
 """
 The upstream side: keep-alive connections to targets, one request at a
 time each, responses parsed with llhttp (C{httptools}).
@@ -335,6 +335,15 @@ def _says_close(headers: list[Header]) -> bool:
     return False
 
 
+MAX_IDLE_UPSTREAM = 1024
+"""
+Idle kept-alive upstream connections a pool keeps (per target, and in all):
+enough for a burst of responses to find their connections again (at 64, a
+burst of 500 closed most and connected again), bounded so that the
+descriptors they hold are reserved beside the clients'.
+"""
+
+
 class _ConnectionFactory(Factory):
     noisy = False
 
@@ -356,10 +365,14 @@ class UpstreamPool:
     max_header_bytes = 65536
     """Bytes of response head an upstream may send (more: 502)."""
 
-    def __init__(self, clock: IReactorTime, *, idle_timeout: float, max_idle_per_target: int = 64) -> None:
+    def __init__(
+        self, clock: IReactorTime, *, idle_timeout: float, max_idle_per_target: int = MAX_IDLE_UPSTREAM,
+        max_idle: int = MAX_IDLE_UPSTREAM,
+    ) -> None:
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_idle_per_target = max_idle_per_target
+        self.max_idle = max_idle
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._closed = False
 
@@ -380,7 +393,10 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """C{conn}'s response is done and it can carry another request."""
         idle = self._idle.setdefault(conn.key, [])
-        if self._closed or len(idle) >= self.max_idle_per_target or conn.transport is None:
+        if (
+            self._closed or conn.transport is None or len(idle) >= self.max_idle_per_target
+            or self.idle_count() >= self.max_idle
+        ):
             if conn.transport is not None:
                 conn.transport.loseConnection()
             return
