@@ -310,20 +310,21 @@ async def test_a_killed_worker_is_restarted_and_the_other_loses_nothing(tmp_path
             survivors = [sock for sock, pid in zip(conns, owners) if pid != victim]
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-
-            def rounds() -> list[int]:
-                return [_status(_request(gw.port, "/echo", sock)) for _ in range(5) for sock in survivors]
-
-            assert set(await threads.deferToThread(rounds)) == {200}
-            # New connections are served too: the other worker takes them.
-            fresh = await threads.deferToThread(lambda: [_status(_request(gw.port, "/echo")) for _ in range(10)])
-            assert set(fresh) == {200}
             while True:
                 now = await gw.worker_pids()
                 if now.get(victim_slot) not in (None, victim):
                     break
                 assert time.monotonic() - killed_at < 1.0, gw.output()  # restarted after 0.1 s
                 await _sleep(0.05)
+
+            def rounds() -> list[int]:
+                return [_status(_request(gw.port, "/echo", sock)) for _ in range(5) for sock in survivors]
+
+            # The other worker's kept-alive connections went on through it all.
+            assert set(await threads.deferToThread(rounds)) == {200}
+            # New connections are served too.
+            fresh = await threads.deferToThread(lambda: [_status(_request(gw.port, "/echo")) for _ in range(10)])
+            assert set(fresh) == {200}
             text = await gw.metrics()
             assert f'wasmgate_worker_restarts_total{{worker="{victim_slot}"}} 1.0' in text
             assert f"worker {victim_slot} (pid {victim}) was killed by signal 9" in gw.output()
@@ -411,7 +412,7 @@ class _Slot:
     """A worker slot whose control calls answer as told (the supervisor's side alone)."""
 
     def __init__(self, index: int, commit_fails: bool = False) -> None:
-        self.index, self.pid, self.alive = index, 1000 + index, True
+        self.index, self.pid, self.alive, self.state = index, 1000 + index, True, "ready"
         self.commit_fails = commit_fails
         self.config_text = b"old"
         self.calls: list[str] = []
@@ -448,8 +449,13 @@ def test_a_worker_that_fails_to_commit_is_restarted_not_left_behind(tmp_path):
     config = parse_config(text, source=str(tmp_path / "gateway.yaml"))
     supervisor = SupervisorService(config, text.encode(), reactor=MemoryReactorClock())
     slots = [_Slot(0), _Slot(1, commit_fails=True), _Slot(2)]
-    d = supervisor._move(slots, b"new")
-    assert d.called and d.result is None, d.result
-    assert [s.calls for s in slots] == [["prepare", "commit"]] * 3
-    assert [s.config_text for s in slots] == [b"new", b"old", b"new"]
-    assert [s.signals for s in slots] == [[], ["TERM"], []]
+    try:
+        d = supervisor._move(slots, b"new")
+        assert d.called and d.result == [slots[1]], d.result
+        assert [s.calls for s in slots] == [["prepare", "commit"]] * 3
+        assert [s.config_text for s in slots] == [b"new", b"old", b"new"]
+        assert [s.signals for s in slots] == [[], ["TERM"], []]
+        assert slots[1].state == "stopping"  # not counted ready, not caught up while it drains
+    finally:
+        if supervisor.counters is not None:
+            supervisor.counters.close()

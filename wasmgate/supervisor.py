@@ -206,7 +206,7 @@ class SupervisorService(service.MultiService):
                         [f"{key} changed: restart the gateway to change it (with workers, a reload cannot)" for key in changed],
                     )
                 warn_filter_order(config)
-                yield self._move([s for s in self.slots if s.alive], text)
+                restarted = yield self._move([s for s in self.slots if s.alive], text)
             except Exception as e:
                 self.metrics.reloads["error"] += 1
                 if isinstance(e, ConfigError):
@@ -217,7 +217,13 @@ class SupervisorService(service.MultiService):
             self.config, self.config_text = config, text
             self.generation += 1
             self.metrics.reloads["ok"] += 1
-            log.info("config generation {n} is live in every worker", n=self.generation)
+            if restarted:
+                log.warn(
+                    "config generation {n} is live; worker(s) {which} failed to commit it and restart on it",
+                    n=self.generation, which=", ".join(str(s.index) for s in restarted),
+                )
+            else:
+                log.info("config generation {n} is live in every worker", n=self.generation)
             for slot in self.slots:
                 if slot.state == "ready" and slot.config_text != text:
                     self._catch_up(slot)
@@ -227,7 +233,10 @@ class SupervisorService(service.MultiService):
 
     @defer.inlineCallbacks
     def _move(self, slots: list[WorkerSlot], text: bytes) -> Any:
-        """Prepare C{slots} for C{text}, then commit all (or abort all)."""
+        """
+        Prepare C{slots} for C{text}, then commit all (or abort all). Fires
+        with the slots that failed to commit (they are being restarted).
+        """
         source = self.config.source
         decoded = text.decode("utf-8", "surrogateescape")
         results = yield defer.DeferredList(
@@ -242,6 +251,7 @@ class SupervisorService(service.MultiService):
                 raise ConfigError.of_lines(source, error.problems)
             raise error
         commits = yield defer.DeferredList([s.call("commit") for s in prepared], consumeErrors=True)
+        restarted = []
         for slot, (ok, result) in zip(prepared, commits):
             if ok:
                 slot.config_text = text
@@ -253,7 +263,10 @@ class SupervisorService(service.MultiService):
                     "worker {i} (pid {pid}) failed to commit generation: {error}; restarting it",
                     i=slot.index, pid=slot.pid, error=result.getErrorMessage(),
                 )
+                slot.state = "stopping"  # (not ready, and no catch-up while it drains)
                 slot.signal("TERM")
+                restarted.append(slot)
+        return restarted
 
     def _catch_up(self, slot: WorkerSlot) -> None:
         """A worker started on a config a reload has since replaced: move it too."""
