@@ -346,7 +346,7 @@ async def test_grpc_is_refused_in_grpcs_own_terms(upstream, start_gateway):
     response = await threads.deferToThread(_grpc_call, _port(gw), "application/grpc+proto")
     headers = dict(response["headers"])
     assert response["status"] == 200 and response["ended"] and response["body"] == b""
-    assert headers[b"grpc-status"] == b"12"
+    assert headers[b"content-type"] == b"application/grpc" and headers[b"grpc-status"] == b"12"
     assert b"gRPC is not proxied" in headers[b"grpc-message"]
     assert headers[b"x-request-id"]
     assert upstream.app.requests == 0

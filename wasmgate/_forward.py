@@ -407,7 +407,7 @@ def body_failure(reason: BaseException) -> tuple[int, bytes]:
 class _Gone:
     """The sink of a stopped forward: whatever still arrives goes nowhere."""
 
-    def upstream_head(self, *args: object) -> None:
+    def upstream_head(self, *args: object, **kwargs: object) -> None:
         pass
 
     upstream_data = upstream_done = upstream_failed = upstream_cut = upstream_upgraded = upstream_head

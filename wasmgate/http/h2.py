@@ -239,6 +239,8 @@ class H2ServerProtocol(Protocol):
             refusal = 501, GRPC_REFUSAL
         if refusal is not None:
             record = self._record(method, pseudo.get(b":path", b"-"), *refusal)
+            if refusal[1] is GRPC_REFUSAL:
+                record.bytes = 0  # (the reason goes in a header, no body)
             self.factory.refused(record)  # (which gives the record its request ID)
             if refusal[1] is GRPC_REFUSAL:
                 stream.refuse_grpc(GRPC_REFUSAL.strip(), request_id=record.request_id)
