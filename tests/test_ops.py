@@ -418,12 +418,13 @@ async def test_systemd_socket_activation(tmp_path, upstream, workers):
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     port = listener.getsockname()[1]
+    admin_port = _free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(f"""
 server:
   listen: "systemd:domain=INET:index=0"
   workers: {workers}
-admin: {{listen: "tcp:0:interface=127.0.0.1"}}
+admin: {{listen: "tcp:{admin_port}:interface=127.0.0.1"}}
 routes:
   - {{match: {{path_prefix: /}}, upstream: backend}}
 upstreams:
@@ -462,6 +463,12 @@ upstreams:
                 assert time.monotonic() < deadline
                 await _sleep(0.1)
         assert status == 200 and json.loads(body)["uri"] == "/echo"
+        if workers > 1:
+            # Each worker took the passed socket (one that could not would not be ready).
+            status, body = await threads.deferToThread(_blocking_get, admin_port, "/metrics")
+            text = body.decode()
+            assert f'wasmgate_workers{{state="ready"}} {float(workers)}' in text, text
+            assert text.count("wasmgate_worker_info{") == workers
     finally:
         notify.close()
         process.terminate()
