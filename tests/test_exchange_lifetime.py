@@ -15,6 +15,7 @@ import pytest_twisted
 
 from tests.conftest import gateway_yaml
 from wasmgate import proxy
+from wasmgate.http.message import RequestBody
 from wasmgate.wasm import chain
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
@@ -53,15 +54,21 @@ async def test_finished_exchanges_need_no_garbage_collection(
     gc.collect()
     gc.disable()
     try:
-        before = (_alive(proxy.Exchange), _alive(chain.RequestRun))
+        before = (_alive(proxy.Exchange), _alive(chain.RequestRun), _alive(RequestBody))
         for _ in range(20):
             for path in ("/f/echo", "/echo"):
                 response = await http.get(gw.url + path, headers={"Authorization": "x"})
                 await response.content()
                 assert response.code == 200
-        after = (_alive(proxy.Exchange), _alive(chain.RequestRun))
+                # A body, streamed upstream on the plain route, read by
+                # the redactor on the filtered one.
+                response = await http.post(gw.url + path, data=b"x" * 1024)
+                await response.content()
+                assert response.code == 200
+        after = (_alive(proxy.Exchange), _alive(chain.RequestRun), _alive(RequestBody))
     finally:
         gc.enable()
-    # Forty requests later, at most the one in flight per path is left.
+    # Eighty requests later, at most the one in flight per path is left.
     assert after[0] - before[0] <= 2, after
     assert after[1] - before[1] <= 2, after
+    assert after[2] - before[2] <= 2, after

@@ -215,11 +215,14 @@ class RequestBody:
             return
         self.complete = True
         self._resume_source()  # all in: what the connection reads next is not ours
+        # Nothing more to ask of the wire, and the source holds this body:
+        # letting go keeps a finished request free of reference cycles.
+        self._source = _SETTLED
         if self._collecting is not None:
             d, self._collecting = self._collecting, None
             d.callback(self._take())
         elif self._sink is not None and not self._buffer:
-            self._sink.body_end()
+            self._end_sink()
 
     def fail(self, reason: Exception) -> None:
         """The body will not be whole (too large, timed out, client gone)."""
@@ -232,7 +235,8 @@ class RequestBody:
             d, self._collecting = self._collecting, None
             d.errback(reason)
         elif self._sink is not None:
-            self._sink.body_failed(reason)
+            sink, self._sink = self._sink, None
+            sink.body_failed(reason)
 
     # -- the reader's side -------------------------------------------------
 
@@ -255,10 +259,10 @@ class RequestBody:
     def stream_to(self, sink: BodySink) -> None:
         """Deliver what came and what comes to C{sink}, in order."""
         self._want()
-        self._sink = sink
         if self.failure is not None:
             sink.body_failed(self.failure)
             return
+        self._sink = sink
         self._flush()
 
     def _want(self) -> None:
@@ -284,9 +288,16 @@ class RequestBody:
         if self._paused_by_sink:
             return
         if self.complete:
-            sink.body_end()
+            self._end_sink()
         else:
             self._resume_source()
+
+    def _end_sink(self) -> None:
+        # The sink (the upstream request) holds this body: once it has it
+        # all, let go of it, so that neither waits for the garbage collector.
+        sink, self._sink = self._sink, None
+        assert sink is not None
+        sink.body_end()
 
     def _pause_source(self) -> None:
         if not self._paused_source:
@@ -313,6 +324,22 @@ class RequestBody:
     def stopProducing(self) -> None:
         self._sink = None
         self._paused_by_sink = False
+
+
+class _Settled:
+    """The source of a body that is all in: there is nothing left to ask of it."""
+
+    def pause_body(self) -> None:
+        pass
+
+    def resume_body(self) -> None:
+        pass
+
+    def body_wanted(self) -> None:
+        pass
+
+
+_SETTLED: BodySource = _Settled()
 
 
 def _succeeded(value: bytes) -> "Deferred[bytes]":
