@@ -20,7 +20,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from wasmgate._sourcefetch import FetchError, first_line, shown_url
 from wasmgate.config import PluginConfig
-from wasmgate.wasm.filter import PluginLoadError
+from wasmgate.wasm.failures import PluginLoadError
 
 _USER_AGENT = "wasmgate-plugin-fetch"
 

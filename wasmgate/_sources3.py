@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from wasmgate._sourcefetch import FetchError, first_line, shown_url
 from wasmgate.config import PluginConfig
-from wasmgate.wasm.filter import PluginLoadError
+from wasmgate.wasm.failures import PluginLoadError
 
 S3ClientFactory = Callable[[Optional[str]], Any]
 """C{factory(endpoint_url or None) -> a boto3 S3 client}."""

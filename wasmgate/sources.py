@@ -35,7 +35,7 @@ from wasmgate._sourcefetch import FetchError, shown_url
 from wasmgate._sourcehttps import fetch_https, get_https_sync, https_client
 from wasmgate._sources3 import S3ClientFactory, default_s3_client, get_s3
 from wasmgate.config import PluginConfig
-from wasmgate.wasm.filter import PluginLoadError
+from wasmgate.wasm.failures import PluginLoadError
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
