@@ -42,9 +42,23 @@ class Deadline:
         if call is not None and call.active():
             call.cancel()
 
+    def close(self) -> None:
+        """
+        Cancel for good and let go of the callback: it is usually a method
+        of the deadline's owner, which holds the deadline, and a closed
+        connection should go with its last reference, not wait for the
+        (rarely run) garbage collector.
+        """
+        self.cancel()
+        self._callback = _nothing
+
     def _fire(self) -> None:
         self._call = None
         self._callback()
+
+
+def _nothing() -> None:
+    pass
 
 
 @implementer(IPushProducer)

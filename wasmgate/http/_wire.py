@@ -10,6 +10,14 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Iterable, Optional
 
+NO_CALLBACKS = object()
+"""
+What a closed connection's parser calls back: nothing. A parser holds the
+methods of its protocol, which holds the parser; given a fresh parser on
+this, a closed connection goes with its last reference instead of waiting
+for the (rarely run) garbage collector.
+"""
+
 _PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _PHRASES[429] = b"Too Many Requests"
 

@@ -143,7 +143,8 @@ class _Negotiating(Protocol):
         else:
             inner = HTTP11ServerProtocol(factory)
         if self._deadline is not None:
-            self._deadline.cancel()
+            self._deadline.close()
+            self._deadline = None
         factory.connections.discard(self)  # type: ignore[arg-type]
         self.inner = inner
         inner.makeConnection(self.transport)
@@ -151,7 +152,8 @@ class _Negotiating(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         if self._deadline is not None:
-            self._deadline.cancel()
+            self._deadline.close()
+            self._deadline = None
         if self.inner is not None:
             self.inner.connectionLost(reason)
         else:

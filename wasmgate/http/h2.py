@@ -108,7 +108,7 @@ class H2ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ClientGone())) -> None:
         self.closing = True
-        self._deadline.cancel()
+        self._deadline.close()
         self.factory.connection_closed(self)
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:

@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-
-
 class _Stop(Exception):
     """Raised inside a parser callback to stop parsing this connection."""
 
@@ -92,7 +90,7 @@ class HTTP11ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ClientGone())) -> None:
         self.closing = True
-        self._deadline.cancel()
+        self._deadline.close()
         if self._tunnel is not None:
             self._tunnel.client_closed()
         self.factory.connection_closed(self)
@@ -104,6 +102,8 @@ class HTTP11ServerProtocol(Protocol):
             messages.append(self._parsing)
         self._queue.clear()
         self._parsing = None
+        self._completed = None
+        self._parser = httptools.HttpRequestParser(_wire.NO_CALLBACKS)
         for message in messages:
             if message.body is not None:
                 message.body.fail(ClientGone())

@@ -285,7 +285,8 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
         self.connected = False
         self.pool.forget(self)
-        self._deadline.cancel()
+        self._deadline.close()
+        self._parser = httptools.HttpResponseParser(_wire.NO_CALLBACKS)
         if self.tunnel is not None:
             self.tunnel.upstream_closed()
             return
