@@ -152,6 +152,7 @@ def test_example_serves_and_stops_on_sigterm(tmp_path):
         assert gateway.returncode == 0, output.decode()
         assert b"Traceback" not in output
         assert b'"path":"/hello"' in output  # the JSON access log line
+        assert b"reactor class: wasmgate._reactor.EagerWriteReactor" in output
     finally:
         for process in (gateway, demo):
             if process.poll() is None:

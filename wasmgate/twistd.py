@@ -96,6 +96,20 @@ class GarbageCollection(service.Service):
         self._freeze()
 
 
+def use_gateway_reactor() -> None:
+    """
+    Run on L{wasmgate._reactor.EagerWriteReactor} (epoll, writes at the end
+    of each loop iteration), unless a reactor is installed already
+    (C{twistd -r NAME}) or epoll is missing. Call before anything imports
+    C{twisted.internet.reactor}.
+    """
+    try:
+        from wasmgate._reactor import install_unless_chosen
+    except ImportError:  # no epoll on this system
+        return
+    install_unless_chosen()
+
+
 def make_twistd_service(config_path: str) -> service.IService:
     from twisted.internet import reactor
 

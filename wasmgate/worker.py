@@ -129,10 +129,12 @@ def main() -> None:
     log_file = open(LOG_OUT, "w", encoding="utf-8", buffering=1, closefd=False)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(log_file, recordSeparator="")], redirectStandardIO=True)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the supervisor
+    from wasmgate.twistd import GarbageCollection, use_gateway_reactor
+
+    use_gateway_reactor()
     from twisted.internet import reactor
 
     from wasmgate.sharedcounters import SharedCounterStore
-    from wasmgate.twistd import GarbageCollection
 
     try:
         config = parse_config(start["config"].encode("utf-8", "surrogateescape"), source=start["source"])

@@ -32,8 +32,9 @@ class WasmgateServiceMaker:
     options = Options
 
     def makeService(self, options):
-        from wasmgate.twistd import make_twistd_service
+        from wasmgate.twistd import make_twistd_service, use_gateway_reactor
 
+        use_gateway_reactor()  # unless twistd -r chose one
         return make_twistd_service(options["config"])
 
 
